@@ -18,7 +18,13 @@ from typing import Any, Callable, Optional
 from . import serialize
 from .config import Config, resolve_config
 from .fields import FREE_FIELDS, convert, score_value, usage_fields
-from .ids import new_observation_id, new_trace_id, observation_id_from, trace_id_from
+from .ids import (
+    new_envelope_id,
+    new_observation_id,
+    new_trace_id,
+    observation_id_from,
+    trace_id_from,
+)
 from .observations import Event, Generation, Score, Span, Trace, _Observation
 from .queue import EventQueue
 from .spawn import FlusherSupervisor
@@ -106,7 +112,6 @@ class Langfuse:
         cfg = self.config
         self._queue: Optional[EventQueue] = None
         self._supervisor: Optional[FlusherSupervisor] = None
-        self._closed = False
         self._sample_bound = int(cfg.sample_rate * _SAMPLE_SPACE)
         if not cfg.enabled:
             self._active = False
@@ -132,8 +137,8 @@ class Langfuse:
 
     @property
     def enabled(self) -> bool:
-        """True when this client records events (keys set, tracing enabled, not shut down)."""
-        return self._active and not self._closed
+        """True when this client records events (keys set and tracing enabled)."""
+        return self._active
 
     def trace(self, *, id: Any = None, **kwargs: Any) -> Trace:
         """Start (or, with an existing ``id``, update) a trace.
@@ -146,8 +151,9 @@ class Langfuse:
         active = self._records(trace_id)
         trace = Trace(self, trace_id, trace_id, dict(body), active)
         if active:
-            body.setdefault("timestamp", self._now_iso())
-            self._emit_trace(trace_id, body)
+            ns = time.time_ns()
+            body.setdefault("timestamp", iso_from_ns(ns))
+            self._emit_trace(trace_id, body, ns)
         return trace
 
     def span(
@@ -226,14 +232,12 @@ class Langfuse:
         return wait_for_flush(self.config, self._queue, self._supervisor, timeout)
 
     def shutdown(self, timeout: float = 0.5) -> None:
-        """Stop recording; make sure a flusher will deliver the rest. Bounded by ``timeout``.
+        """Make sure a flusher will deliver what is queued; bounded by ``timeout`` seconds.
 
-        Nothing is lost: events not yet delivered stay on disk for the flusher (or for the next
-        ``langfuse-dq flush``).
+        Nothing is lost and nothing is waited for: undelivered events stay on disk for the
+        flusher (or the next ``langfuse-dq flush``). The client stays usable: an event
+        recorded later is queued as usual.
         """
-        if self._closed:
-            return
-        self._closed = True
         if self._queue is None:
             return
         deadline = time.monotonic() + timeout
@@ -254,7 +258,7 @@ class Langfuse:
 
     def _records(self, trace_id: str) -> bool:
         """Should events of this trace be written? (enabled, not shut down, sampled in)."""
-        if not self._active or self._closed:
+        if not self._active:
             return False
         if self._sample_bound >= _SAMPLE_SPACE:
             return True
@@ -286,7 +290,6 @@ class Langfuse:
         call: str,
         active: Optional[bool] = None,
     ) -> Any:
-        kwargs = dict(kwargs)
         given_id = kwargs.pop("id", None)
         usage = kwargs.pop("usage", None) if cls is Generation else None
         if "trace_id" in kwargs or "parent_observation_id" in kwargs:
@@ -294,26 +297,23 @@ class Langfuse:
         fields = convert(kwargs, cls._SETTABLE, call)
         if usage is not None:
             fields.update(usage_fields(usage))
-        obs_id = (
-            observation_id_from(given_id, "id") if given_id is not None else new_observation_id()
-        )
+        obs_id = new_observation_id() if given_id is None else observation_id_from(given_id, "id")
         body: dict[str, Any] = {"id": obs_id, "traceId": trace_id}
         if parent_id is not None:
             body["parentObservationId"] = parent_id
         body.update(fields)
+        ns = time.time_ns()
         if "startTime" not in body:
-            body["startTime"] = self._now_iso()
+            body["startTime"] = iso_from_ns(ns)
         values = dict(body)
         if usage is not None:
             values["usage"] = usage
-        recording = (
-            self._records(trace_id) if active is None else (active and self._records(trace_id))
-        )
+        recording = self._records(trace_id) and active is not False
         obj = cls(self, obs_id, trace_id, values, recording)
-        if issubclass(cls, _Observation) and "endTime" in body:
-            object.__setattr__(obj, "_ended", True)
+        if "endTime" in body and issubclass(cls, _Observation):
+            obj._ended = True
         if recording:
-            self._emit(f"{cls._KIND}-create", body)
+            self._emit(cls._CREATE, body, ns)
         return obj
 
     def _update_by_id(
@@ -382,21 +382,21 @@ class Langfuse:
             self._emit("score-create", body)
         return Score(score_id, trace_id, observation_id, name, wire_value, dtype, comment)
 
-    def _emit_trace(self, trace_id: str, fields: dict[str, Any]) -> None:
+    def _emit_trace(self, trace_id: str, fields: dict[str, Any], ns: int = 0) -> None:
         body = {"id": trace_id, **fields}
         if self.config.release and "release" not in body:
             body["release"] = self.config.release
-        self._emit("trace-create", body)
+        self._emit("trace-create", body, ns)
 
     def _emit_update(self, kind: str, obs_id: str, trace_id: str, fields: dict[str, Any]) -> None:
         if kind == "event":
             return
         self._emit(f"{kind}-update", {"id": obs_id, "traceId": trace_id, **fields})
 
-    def _emit(self, event_type: str, body: dict[str, Any]) -> None:
+    def _emit(self, event_type: str, body: dict[str, Any], ns: int = 0) -> None:
         """Encode one event and append it to the queue. Never raises."""
         queue = self._queue
-        if queue is None or self._closed:
+        if queue is None:
             return
         try:
             cfg = self.config
@@ -406,9 +406,10 @@ class Langfuse:
                         body[name] = serialize.apply_mask(cfg.mask, body[name])
             if cfg.environment is not None and "environment" not in body:
                 body["environment"] = cfg.environment
-            ns = time.time_ns()
+            if not ns:
+                ns = time.time_ns()
             envelope: dict[str, Any] = {
-                "id": os.urandom(16).hex(),
+                "id": new_envelope_id(),
                 "type": event_type,
                 "timestamp": iso_from_ns(ns),
                 "body": body,
@@ -426,10 +427,11 @@ class Langfuse:
                     body, lambda: len(serialize.dumps(envelope)), MAX_EVENT_BYTES
                 )
                 text = serialize.dumps(envelope)
-            queue.put(text.encode("ascii") + b"\n")
+            now = time.monotonic()
+            queue.put(text.encode("ascii") + b"\n", now)
             supervisor = self._supervisor
-            if supervisor is not None:
-                supervisor.poke(time.monotonic())
+            if supervisor is not None and now >= supervisor.next_check:
+                supervisor.poke(now)
         except Exception as exc:  # noqa: BLE001 (a bug of ours must not break the app)
             _warn_once(
                 "emit:" + type(exc).__name__,

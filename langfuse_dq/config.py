@@ -209,7 +209,7 @@ class _Resolver:
         value, source = found
         if isinstance(value, bool):
             return value
-        if isinstance(value, str):
+        if isinstance(value, str) and source != key:
             return parse_bool(value, source)
         raise TypeError(f"{source} must be a bool, got {type(value).__name__}")
 
@@ -227,6 +227,8 @@ class _Resolver:
         if found is None:
             return default
         value, source = found
+        if isinstance(value, str) and source == key and parse is None:
+            raise TypeError(f"{key} must be a number, got str")
         if isinstance(value, str):
             if parse is not None:
                 value = parse(value, source)

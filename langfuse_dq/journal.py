@@ -57,6 +57,7 @@ class JournalWriter:
         self._path = ""
         self._pid = 0
         self._start = 0
+        self._unverified = 0
         _WRITERS.add(self)
 
     @property
@@ -76,6 +77,26 @@ class JournalWriter:
         if lines:
             self.append(b"".join(lines))
 
+    def verify(self) -> int:
+        """Check that our segment is still linked in the journal (called about once a second).
+
+        When the segment or the whole queue directory was deleted under us, the lines
+        appended since the last check went to an unlinked file: returns how many (0 when all
+        is well) and closes it, so the next append starts a new segment.
+        """
+        with self._lock:
+            lost = 0
+            if self._fd >= 0:
+                try:
+                    gone = os.fstat(self._fd).st_nlink == 0
+                except OSError:
+                    gone = True
+                if gone:
+                    lost = self._unverified
+                    self._close_fd()
+            self._unverified = 0
+            return lost
+
     def close(self) -> None:
         """Close the current segment; the next append opens a new one."""
         with self._lock:
@@ -94,12 +115,8 @@ class JournalWriter:
         if written != len(data):
             self._undo(before)
             raise JournalWriteError(errno.ENOSPC, "short write: no space left on the device")
-        if os.fstat(fd).st_nlink == 0:
-            # The segment (or the whole queue directory) was deleted under us: what we wrote
-            # went to an unlinked file and is gone. Report it, and start afresh next time.
-            self._close_fd()
-            raise JournalWriteError(errno.ENOENT, "the queue directory was removed")
         self._size = before + written
+        self._unverified += 1
 
     def _undo(self, size: int) -> None:
         try:

@@ -33,16 +33,19 @@ class _Stateful:
 
     _SETTABLE: ClassVar[Mapping[str, tuple[str, Converter]]] = {}
     _KIND: ClassVar[str] = ""
+    _CREATE: ClassVar[str] = ""
 
     def __init__(
         self, client: Langfuse, id: str, trace_id: str, values: dict[str, Any], active: bool
     ) -> None:
-        object.__setattr__(self, "_client", client)
-        object.__setattr__(self, "_id", id)
-        object.__setattr__(self, "_trace_id", trace_id)
-        object.__setattr__(self, "_values", values)
-        object.__setattr__(self, "_pending", {})
-        object.__setattr__(self, "_active", active)
+        self.__dict__.update(
+            _client=client,
+            _id=id,
+            _trace_id=trace_id,
+            _values=values,
+            _pending={},
+            _active=active,
+        )
 
     @property
     def id(self) -> str:
@@ -232,6 +235,7 @@ class Span(_Observation):
 
     _SETTABLE = SPAN_FIELDS
     _KIND = "span"
+    _CREATE = "span-create"
 
 
 class Generation(_Observation):
@@ -240,6 +244,7 @@ class Generation(_Observation):
     _SETTABLE = GENERATION_FIELDS
     _SETTABLE_EXTRA = ("usage",)
     _KIND = "generation"
+    _CREATE = "generation-create"
 
 
 class Event(_Parent):
@@ -247,6 +252,7 @@ class Event(_Parent):
 
     _SETTABLE = EVENT_FIELDS
     _KIND = "event"
+    _CREATE = "event-create"
 
     @property
     def trace_id(self) -> str:

@@ -53,14 +53,15 @@ class EventQueue:
         self.root = root
         self.max_bytes = max_bytes
         self.full_policy = full_policy
+        factor = HARD_LIMIT_FACTOR if full_policy == "drop_oldest" else 1
+        self._limit = max_bytes * factor
         self.qd: Optional[QueueDir] = None
         self._writer: Optional[JournalWriter] = None
         self._state_lock = threading.Lock()
         self._drops: dict[str, int] = {}
         self._dropped_total = 0
         self._last_drop_report = 0.0
-        self._size_checked = 0.0
-        self._bytes_since_check = 0
+        self._next_check = 0.0
         self._estimated_bytes = 0
         self._degraded: Optional[str] = None
         self._logged_reason: Optional[str] = None
@@ -85,25 +86,23 @@ class EventQueue:
         """Events this process dropped since it started."""
         return self._dropped_total
 
-    def put(self, line: bytes) -> bool:
-        """Append one encoded event. False when it was dropped (and counted)."""
-        now = time.monotonic()
-        if self._degraded is not None:
-            if now < self._retry_at:
-                self._drop(self._degraded)
-                return False
-            if not self._recover(now):
-                self._drop(self._degraded or "disk_error")
-                return False
-        if now - self._size_checked >= SIZE_CHECK_INTERVAL:
-            self._check_size(now)
-        if self._estimated_bytes + len(line) > self._limit():
+    def put(self, line: bytes, now: float = 0.0) -> bool:
+        """Append one encoded event. False when it was dropped (and counted).
+
+        ``now`` is ``time.monotonic()`` if the caller has it already.
+        """
+        if not now:
+            now = time.monotonic()
+        if self._degraded is not None and (now < self._retry_at or not self._recover(now)):
+            self._drop(self._degraded or "disk_error")
+            return False
+        if now >= self._next_check:
+            self._periodic(now)
+        if self._estimated_bytes + len(line) > self._limit:
             self._drop("queue_full")
             return False
-        writer = self._writer
-        assert writer is not None
         try:
-            writer.append(line)
+            self._writer.append(line)  # type: ignore[union-attr]
         except JournalWriteError as exc:
             self._enter_degraded(exc, now)
             self._drop(self._degraded or "disk_error")
@@ -111,8 +110,6 @@ class EventQueue:
         self._estimated_bytes += len(line)
         if self._logged_reason is not None:
             self._log_recovered()
-        if self._drops and now - self._last_drop_report >= DROP_REPORT_INTERVAL:
-            self.report_drops()
         return True
 
     def put_control(self, record: dict[str, object]) -> bool:
@@ -148,11 +145,6 @@ class EventQueue:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _limit(self) -> int:
-        if self.full_policy == "drop_oldest":
-            return self.max_bytes * HARD_LIMIT_FACTOR
-        return self.max_bytes
-
     def _open(self) -> None:
         try:
             self.qd = open_queue_dir(self.root, create=self._create)
@@ -161,12 +153,29 @@ class EventQueue:
             return
         self._writer = JournalWriter(self.qd.journal)
         self._estimated_bytes = journal_bytes(self.qd.journal)
-        self._size_checked = time.monotonic()
+        self._next_check = time.monotonic() + SIZE_CHECK_INTERVAL
 
-    def _check_size(self, now: float) -> None:
-        self._size_checked = now
+    def _periodic(self, now: float) -> None:
+        """About once a second: re-measure the queue, check our segment, report drops."""
+        self._next_check = now + SIZE_CHECK_INTERVAL
         if self.qd is not None:
             self._estimated_bytes = journal_bytes(self.qd.journal)
+        if self._writer is not None:
+            lost = self._writer.verify()
+            if lost:
+                with self._state_lock:
+                    self._drops["queue_dir_removed"] = (
+                        self._drops.get("queue_dir_removed", 0) + lost
+                    )
+                    self._dropped_total += lost
+                log.error(
+                    "langfuse-dq: queue directory %s (or its journal) was removed while in use; "
+                    "%d events written since the last check were lost; writing a new segment",
+                    self.root,
+                    lost,
+                )
+        if self._drops and now - self._last_drop_report >= DROP_REPORT_INTERVAL:
+            self.report_drops()
 
     def _drop(self, reason: str) -> None:
         with self._state_lock:
@@ -191,7 +200,7 @@ class EventQueue:
     def _enter_degraded(self, exc: OSError, now: float) -> None:
         code = errno.errorcode.get(exc.errno or 0, "EIO")
         reason = f"disk_error:{code}"
-        if self._logged_reason != reason:
+        if self._logged_reason is None:  # one error per episode, until writing works again
             self._logged_reason = reason
             log.error(
                 "langfuse-dq: cannot write to queue directory %s (%s); tracing events are "
@@ -213,7 +222,7 @@ class EventQueue:
         if self._writer is None:
             self._writer = JournalWriter(self.qd.journal)
         self._degraded = None
-        self._size_checked = 0.0
+        self._next_check = 0.0
         return True
 
     def _log_recovered(self) -> None:

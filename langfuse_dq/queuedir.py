@@ -112,6 +112,10 @@ def open_queue_dir(root: str, create: bool = True) -> QueueDir:
         else:
             _make_dir(root)
         if not os.access(root, os.W_OK | os.X_OK):
+            if os.statvfs(root).f_flag & os.ST_RDONLY:
+                raise QueueDirError(
+                    errno.EROFS, f"queue directory {root} is on a read-only file system"
+                )
             raise QueueDirError(errno.EACCES, f"queue directory {root} is not writable")
         version = _read_version(qd)
         if version is not None and version != LAYOUT_VERSION:

@@ -79,12 +79,11 @@ def _convert(value: Any) -> Any:
         as_dict = getattr(value, "dict", None)  # pydantic v1
         if callable(as_dict) and hasattr(value, "__fields__") and not isinstance(value, type):
             return as_dict()
-        item = getattr(value, "item", None)  # numpy scalars
-        if callable(item) and type(value).__module__ == "numpy":
-            return item()
-        tolist = getattr(value, "tolist", None)  # numpy arrays
-        if callable(tolist) and type(value).__module__ == "numpy":
-            return tolist()
+        if type(value).__module__ == "numpy":
+            if getattr(value, "ndim", 0) and callable(getattr(value, "tolist", None)):
+                return value.tolist()  # arrays
+            if callable(getattr(value, "item", None)):
+                return value.item()  # scalars
         if isinstance(value, Mapping):
             return dict(value)
         if isinstance(value, (tuple, list)):

@@ -139,7 +139,7 @@ class FlusherSupervisor:
     def __init__(self, config: Config, qd: QueueDir) -> None:
         self.config = config
         self.qd = qd
-        self._next_check = 0.0
+        self.next_check = 0.0
         self._lock = threading.Lock()
         self._children: list[subprocess.Popen[bytes]] = []
         self._spawning = False
@@ -152,13 +152,13 @@ class FlusherSupervisor:
         self._lock = threading.Lock()
         self._children = []
         self._spawning = False
-        self._next_check = 0.0
+        self.next_check = 0.0
 
     def poke(self, now: float) -> None:
         """Called after an enqueue: at most one check per CHECK_INTERVAL seconds."""
-        if now < self._next_check:
+        if now < self.next_check:
             return
-        self._next_check = now + CHECK_INTERVAL
+        self.next_check = now + CHECK_INTERVAL
         self.check(background=True)
 
     def heartbeat_age(self) -> Optional[float]:
@@ -176,7 +176,7 @@ class FlusherSupervisor:
             return True
         if lock_is_held(self.qd):
             # A flusher that is exiting still holds the lock for a moment: look again soon.
-            self._next_check = min(self._next_check, time.monotonic() + 0.2)
+            self.next_check = min(self.next_check, time.monotonic() + 0.2)
             return True
         with self._lock:
             if self._spawning:

@@ -1,0 +1,230 @@
+"""Helpers shared by the tests: real processes, a real HTTP server, reading the queue on disk.
+
+Everything here starts real processes and hands back their pids so that the test that started
+them stops them. Fork helpers live here too, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from langfuse_dq.devserver import attribute_values, load_store
+from langfuse_dq.journal import list_segments
+
+PYTHON = sys.executable
+KEYS = {"LANGFUSE_PUBLIC_KEY": "pk-lf-test", "LANGFUSE_SECRET_KEY": "sk-lf-test-secret-0123456789"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without any LANGFUSE_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANGFUSE")}
+    env.update(extra)
+    return env
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reap if it is our child."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return
+        except ChildProcessError:
+            if not _alive(pid):
+                return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
+    except OSError:
+        return True
+
+
+def flusher_pid(queue_dir: str) -> Optional[int]:
+    """The pid in the queue directory's heartbeat file, if that process is alive."""
+    try:
+        with open(os.path.join(queue_dir, "flusher.json"), encoding="utf-8") as fh:
+            pid = json.load(fh).get("pid")
+    except (OSError, ValueError):
+        return None
+    return pid if isinstance(pid, int) and _alive(pid) else None
+
+
+def stop_flusher(queue_dir: str) -> None:
+    """Stop the flusher a client spawned for ``queue_dir`` (tests stop what they start)."""
+    for _ in range(3):
+        pid = flusher_pid(queue_dir)
+        if pid is None:
+            return
+        stop_pid(pid)
+
+
+def python_script(code: str) -> list[str]:
+    return [PYTHON, "-c", textwrap.dedent(code)]
+
+
+def spawn_python(code: str, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start ``python -c code`` (dedented)."""
+    return subprocess.Popen(python_script(code), env=env, **kwargs)
+
+
+def run_python(
+    code: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code`` to completion; raises on a non-zero exit with its stderr."""
+    proc = subprocess.run(
+        python_script(code), env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"child exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# --- reading the queue ----------------------------------------------------------------------
+
+
+def journal_lines(queue_dir: str) -> list[dict[str, Any]]:
+    """Every complete line of every journal segment, parsed."""
+    out: list[dict[str, Any]] = []
+    journal = os.path.join(queue_dir, "journal")
+    for seg, _size in list_segments(journal):
+        with open(os.path.join(journal, seg.name), "rb") as fh:
+            data = fh.read()
+        for line in data.split(b"\n")[:-1]:
+            record = json.loads(line)
+            record["_segment"] = seg.name
+            out.append(record)
+    return out
+
+
+def journal_events(queue_dir: str) -> list[dict[str, Any]]:
+    """The queued event envelopes (control records left out)."""
+    return [r for r in journal_lines(queue_dir) if "_c" not in r]
+
+
+def journal_bytes(queue_dir: str) -> bytes:
+    """All bytes of all segments, to look for what must or must not be on disk."""
+    journal = Path(queue_dir) / "journal"
+    return b"".join(p.read_bytes() for p in sorted(journal.glob("*.seg")))
+
+
+# --- the test server ------------------------------------------------------------------------
+
+
+class Server:
+    """A real dev server (``langfuse_dq.devserver``) in its own process, with fault injection."""
+
+    def __init__(self, directory: Path, keys: Optional[tuple[str, str]] = None) -> None:
+        self.store = str(directory / "server-store.jsonl")
+        port_file = directory / "server-port"
+        cmd = [PYTHON, "-m", "langfuse_dq.devserver", "--port", "0", "--port-file", str(port_file)]
+        cmd += ["--store", self.store, "--faults", "--quiet"]
+        self.proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL)
+        wait_for(port_file.exists, 15, what="dev server port file")
+        self.port = int(port_file.read_text())
+        self.url = f"http://127.0.0.1:{self.port}"
+        if keys:
+            self.faults(keys=list(keys))
+
+    def faults(self, **spec: Any) -> None:
+        """Switch faults on or off (see devserver.Faults)."""
+        req = urllib.request.Request(
+            self.url + "/_dq/faults", data=json.dumps(spec).encode(), method="POST"
+        )
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+
+    def counts(self) -> dict[str, int]:
+        with urllib.request.urlopen(self.url + "/_dq/stats", timeout=10) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def records(self) -> list[dict[str, Any]]:
+        return load_store(self.store)
+
+    def spans(self) -> list[dict[str, Any]]:
+        """Received spans, each with ``attrs`` (plain values) added."""
+        out = []
+        for record in self.records():
+            if record.get("kind") == "span":
+                span = dict(record["span"])
+                span["attrs"] = attribute_values(span.get("attributes") or [])
+                span["scope"] = record.get("scope")
+                span["resource"] = record.get("resource")
+                out.append(span)
+        return out
+
+    def events(self) -> list[dict[str, Any]]:
+        """Received ingestion envelopes."""
+        return [r["event"] for r in self.records() if r.get("kind") == "event"]
+
+    def stop(self) -> None:
+        stop_pid(self.proc.pid)
+
+
+# --- fork helpers (multiprocessing needs importable functions) ------------------------------
+
+FORK_CLIENT: Any = None
+
+
+def record_in_child(i: int) -> int:
+    """A pool task: record a trace with a span using the client inherited from the parent."""
+    trace = FORK_CLIENT.trace(name=f"child-{i}", input={"pid": os.getpid()})
+    trace.span(name=f"child-{i}-span").end()
+    return os.getpid()
+
+
+def record_with_default_client(i: int) -> int:
+    """A pool task for the spawn start method: the default client comes from the environment."""
+    from langfuse_dq import get_client
+
+    lf = get_client()
+    lf.trace(name=f"spawned-{i}")
+    lf.shutdown()
+    return os.getpid()
