@@ -20,6 +20,7 @@ top-level key. Trace-level fields are copied onto every span of the trace.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -283,13 +284,23 @@ class Assembler:
                         oldest = t
         return oldest
 
-    def take_dirty(self) -> list[TraceBuf]:
-        """Traces changed since the last call (to persist), moving finished ones aside."""
+    def touch(self, trace_id: str) -> None:
+        """Mark a trace for persisting at the next commit (its exported items were sent)."""
+        buf = self.active.get(trace_id) or self.tombstones.get(trace_id)
+        if buf is not None:
+            self._touch(buf)
+
+    def take_dirty(self, keep: Iterable[str] = ()) -> list[TraceBuf]:
+        """Traces changed since the last call (to persist), moving finished ones aside.
+
+        Traces in ``keep`` (items of theirs wait to be sent) stay in the working set.
+        """
         bufs = list(self.dirty.values())
         self.dirty.clear()
+        held = set(keep)
         for buf in bufs:
             buf.dirty = False
-            if not buf.pending and self.active.get(buf.id) is buf:
+            if not buf.pending and buf.id not in held and self.active.get(buf.id) is buf:
                 del self.active[buf.id]
                 self.tombstones[buf.id] = buf
                 if len(self.tombstones) > TOMBSTONE_CACHE:
@@ -462,11 +473,3 @@ class Assembler:
     @staticmethod
     def _strip_io(buf: TraceBuf) -> None:
         buf.fields = {k: v for k, v in buf.fields.items() if k in _KEEP_AFTER_ROOT}
-
-    def requeue(self, ready: Ready) -> None:
-        """Put an exported item back (its delivery was abandoned before commit)."""
-        for event in ready.events:
-            self.add(event)
-        if ready.span is not None and ready.span.is_root:
-            buf = self._buf(ready.span.trace_id)
-            buf.root_done = False

@@ -207,6 +207,10 @@ class Langfuse:
         environment.
         """
         tid = self._require_trace_id(trace_id, "score")
+        if kwargs.get("observation_id") is not None:
+            kwargs["observation_id"] = observation_id_from(
+                kwargs["observation_id"], "observation_id"
+            )
         return self._score(trace_id=tid, active=self._records(tid), **kwargs)
 
     def update_span(self, span_id: Any, *, trace_id: Any = None, **kwargs: Any) -> None:

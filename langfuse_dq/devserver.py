@@ -116,6 +116,13 @@ class DevServer(ThreadingHTTPServer):
         }
         self._store = open(store, "a", encoding="utf-8") if store else None  # noqa: SIM115
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-request (a killed flusher) is not an error worth a trace."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def record(self, lines: list[dict[str, Any]]) -> None:
         if self._store is None or not lines:
             return

@@ -59,6 +59,7 @@ log = logging.getLogger("langfuse_dq.flusher")
 MARGIN_NS = 250_000_000
 POLL_INTERVAL = 0.05
 MAX_INTAKE_BYTES = 4 << 20
+MIN_INTAKE_BYTES = 64 << 10
 MAX_REQUEST_BYTES = 3_500_000
 IDLE_EXIT_SECONDS = float(os.environ.get("LANGFUSE_DQ_IDLE_EXIT", "30"))
 RETRY_BASE = float(os.environ.get("LANGFUSE_DQ_RETRY_BASE", "0.5"))
@@ -137,7 +138,7 @@ class Flusher:
         self.outbox: list[Ready] = []
         self.outbox_since = 0.0
         #: envelopes whose delivery a stop interrupted: persisted at commit, sent next run
-        self.stash: list[Ready] = []
+        self.outbox_persisted = 0
         self._open_items: dict[int, Ready] = {}
         self.deadline: Optional[float] = None
         self.deltas: dict[str, int] = {}
@@ -169,9 +170,6 @@ class Flusher:
         """Commit what can be committed, then let go of the lock."""
         try:
             if self.state is not None:
-                if self.outbox:
-                    self._requeue(self.outbox)
-                    self.outbox = []
                 self.commit()
                 try:
                     os.utime(self.qd.heartbeat_path, (0, 0))
@@ -201,6 +199,7 @@ class Flusher:
         for event in st.get("outbox", []) or []:
             if isinstance(event, dict):
                 self._to_outbox(Ready(events=[event], envelope=wire_envelope(event)))
+        self.outbox_persisted = len(self.outbox)
         inflight = st.get("inflight")
         if isinstance(inflight, dict) and inflight.get("n"):
             # A previous flusher died after sending these and before committing: they are
@@ -252,18 +251,17 @@ class Flusher:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._heartbeat()
-                got = self.intake()
+                # Do not read further while a lot waits to be sent: memory stays flat.
+                got = self.intake() if len(self.outbox) < 4 * self._max_items() else 0
                 forced = self._forced_time()
                 draining = until_marker is not None or until_drained
                 self._collect(forced)
                 sent = False
                 if self.outbox and self._due(forced, draining):
                     self.deliver()
-                    self.commit()
                     sent = True
-                elif (
+                if sent or (
                     self.uncommitted
-                    and not self.outbox
                     and (
                         draining
                         or time.monotonic() - self.last_commit >= self.config.flush_interval
@@ -319,7 +317,8 @@ class Flusher:
         segments = list_segments(self.qd.journal)
         self.alive_cache = {}
         sealed = sealed_segments(segments)
-        budget = MAX_INTAKE_BYTES
+        # About two requests' worth per round: each round commits, so a crash re-sends little.
+        budget = min(MAX_INTAKE_BYTES, max(MIN_INTAKE_BYTES, self.config.batch_size * 2048))
         count = 0
         marks: list[int] = []
         present = set()
@@ -501,13 +500,25 @@ class Flusher:
     # -- delivery ----------------------------------------------------------------------------
 
     def deliver(self) -> None:
-        """Send everything in the outbox: each item ends delivered or quarantined.
+        """Send the oldest part of the outbox (about one request); each item sent ends
+        delivered or quarantined. The commit that follows records it, so a crash re-sends at
+        most one round.
 
-        If a stop (signal, deadline, an auth error under ``flush``) interrupts it, the items not
-        yet delivered go back where they came from, so the commit that follows stays exact and
-        a graceful stop never causes a duplicate.
+        If a stop (signal, deadline, an auth error under ``flush``) interrupts the round, the
+        items not yet delivered go back to the outbox; the commit keeps them (see
+        :meth:`commit`), so a graceful stop never causes a duplicate.
         """
-        items, self.outbox = self.outbox, []
+        limit = self._max_items()
+        taken = 0
+        count = 0
+        for item in self.outbox:
+            if count >= limit and taken:
+                break
+            taken += 1
+            count += item.count
+        items, self.outbox = self.outbox[:taken], self.outbox[taken:]
+        if self.outbox:
+            self.outbox_since = time.monotonic()
         self._open_items = {id(i): i for i in items}
         spans = [i for i in items if i.span is not None]
         envelopes = [i for i in items if i.envelope is not None]
@@ -520,19 +531,16 @@ class Flusher:
             for batch in _split(envelopes, self._envelope_text, MAX_BATCH_BYTES, budget):
                 self._send(batch, self._send_ingestion_once, "ingestion", INGESTION_PATH)
         except (Interrupted, AuthFailure):
-            self._requeue(list(self._open_items.values()))
+            leftover = [i for i in items if id(i) in self._open_items]
+            self.outbox[:0] = leftover
+            if leftover:
+                log.info("%d items not delivered yet; kept for the next run", len(leftover))
             raise
         finally:
+            for item in items:
+                if item.span is not None:
+                    self.assembler.touch(item.span.trace_id)
             self._open_items = {}
-
-    def _requeue(self, items: list[Ready]) -> None:
-        for item in items:
-            if item.span is not None:
-                self.assembler.requeue(item)
-            else:
-                self.stash.append(item)
-        if items:
-            log.info("%d items not delivered yet; kept for the next run", len(items))
 
     def _max_items(self) -> int:
         return max(self.config.batch_size, 1)
@@ -746,20 +754,34 @@ class Flusher:
         """Persist the round: cursors, traces, counters, markers; then delete used segments."""
         st = self.state
         assert st is not None
-        dirty = self.assembler.take_dirty()
+        # Spans collected but not sent yet are still pending: their events go back into their
+        # trace's record, so the cursor can move past them without losing them.
+        held: dict[str, list[Ready]] = {}
+        envelopes: list[dict[str, Any]] = []
+        for item in self.outbox:
+            if item.span is not None:
+                held.setdefault(item.span.trace_id, []).append(item)
+            else:
+                envelopes.extend(item.events)
+        dirty = self.assembler.take_dirty(keep=held.keys())
         with st.transact():
             st.set("cursors", self.read_pos)
             for buf in dirty:
-                if buf.pending:
-                    st.put_trace(buf.id, buf.to_record(), expire=None)
+                record = buf.to_record()
+                if buf.id in held:
+                    _overlay(record, held[buf.id])
+                if record["pending"]:
+                    st.put_trace(buf.id, record, expire=None)
                 elif buf.root_done or buf.fields:
-                    st.put_trace(buf.id, buf.to_record(), expire=TRACE_TTL)
+                    st.put_trace(buf.id, record, expire=TRACE_TTL)
                 else:
                     st.delete_trace(buf.id)
             st.set("pending", sorted(self.assembler.active))
             st.add_counters(self.deltas)
             st.set("markers", [self._marker_record(m) for m in self.markers])
-            st.set("outbox", [e for item in self.stash for e in item.events])
+            if envelopes or self.outbox_persisted:
+                st.set("outbox", envelopes)
+                self.outbox_persisted = len(envelopes)
             st.delete("inflight")
         if self.deltas.get("delivered"):
             self.result.delivered += self.deltas["delivered"]
@@ -807,6 +829,21 @@ class Flusher:
             pass
         assert self.state is not None
         self.state.expire()
+
+
+def _overlay(record: dict[str, Any], items: list[Ready]) -> None:
+    """Add the events of collected-but-unsent spans back into a trace record."""
+    obs: dict[str, list[dict[str, Any]]] = dict(record.get("obs") or {})
+    for item in items:
+        assert item.span is not None
+        if item.span.is_root:
+            record["te"] = list(record.get("te") or []) + item.events
+            record["root"] = False
+        else:
+            obs[item.span.span_id] = list(obs.get(item.span.span_id, [])) + item.events
+    if obs:
+        record["obs"] = obs
+    record["pending"] = True
 
 
 def _split(items: list[Ready], size_of: Any, max_bytes: int, max_items: int) -> list[list[Ready]]:

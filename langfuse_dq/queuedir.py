@@ -14,6 +14,8 @@ Layout (format version 1)::
       flusher.lock               filelock held by the one live flusher for its whole life
       flusher.json               the live flusher's pid and start time; mtime = heartbeat
       flusher.log                the flusher's log (stdout and stderr)
+      flusher.spawned            mtime = when an app process last spawned a flusher
+      receipts/                  one small file per satisfied flush marker (kept an hour)
 
 Writers only ever append to their own journal segment, so the hot path takes no lock shared
 with other processes and never touches SQLite. The flusher alone writes ``state/``.
@@ -62,6 +64,10 @@ class QueueDir:
     @property
     def heartbeat_path(self) -> str:
         return os.path.join(self.root, "flusher.json")
+
+    @property
+    def spawn_marker_path(self) -> str:
+        return os.path.join(self.root, "flusher.spawned")
 
     @property
     def log_path(self) -> str:

@@ -29,7 +29,19 @@ log = logging.getLogger("langfuse_dq")
 CHECK_INTERVAL = 1.0
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_STALE = 5.0
+#: After a spawn, no process of the app spawns again for this long: the new flusher needs a
+#: moment (interpreter start, imports) before it holds the lock and beats.
+SPAWN_GRACE = 5.0
 LOG_ROTATE_BYTES = 5 << 20
+
+
+def _touch(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        os.close(fd)
+        os.utime(path, None)
+    except OSError:
+        pass
 
 
 def read_heartbeat(qd: QueueDir) -> dict[str, Any]:
@@ -115,12 +127,26 @@ def open_log(qd: QueueDir) -> int:
     return fd
 
 
-def spawn_flusher(config: Config, qd: QueueDir) -> subprocess.Popen[bytes]:
-    """Start a detached flusher for ``qd``; returns its Popen (reap it with ``poll()``)."""
+#: A launcher that starts its argv in a new session and exits at once: the flusher is then
+#: adopted by init, so it is never our zombie and outlives us. Runs without importing us.
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, close_fds=True, "
+    "start_new_session=True)\n"
+)
+LAUNCH_TIMEOUT = 10.0
+
+
+def spawn_flusher(config: Config, qd: QueueDir) -> None:
+    """Start a detached flusher for ``qd`` (double fork through a tiny launcher).
+
+    The secret key travels in the environment, never in argv. Raises ``OSError`` when the
+    launcher cannot run.
+    """
     log_fd = open_log(qd)
     try:
-        return subprocess.Popen(  # noqa: S603 (argv is ours: interpreter, module, directory)
-            flusher_command(qd),
+        launcher = subprocess.Popen(  # noqa: S603 (argv is ours: interpreter, code, directory)
+            [python_executable(), "-c", _LAUNCHER, *flusher_command(qd)],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -131,6 +157,14 @@ def spawn_flusher(config: Config, qd: QueueDir) -> subprocess.Popen[bytes]:
         )
     finally:
         os.close(log_fd)
+    try:
+        code = launcher.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.wait()
+        raise OSError("the flusher launcher did not return") from None
+    if code != 0:
+        raise OSError(f"the flusher launcher exited with status {code}; see {qd.log_path}")
 
 
 class FlusherSupervisor:
@@ -141,16 +175,13 @@ class FlusherSupervisor:
         self.qd = qd
         self.next_check = 0.0
         self._lock = threading.Lock()
-        self._children: list[subprocess.Popen[bytes]] = []
         self._spawning = False
         self._last_error_logged = 0.0
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_child)
 
     def _after_fork_child(self) -> None:
-        # A child does not own its parent's Popen objects: forget them, never wait on them.
         self._lock = threading.Lock()
-        self._children = []
         self._spawning = False
         self.next_check = 0.0
 
@@ -170,7 +201,6 @@ class FlusherSupervisor:
 
     def check(self, background: bool = False) -> bool:
         """Spawn a flusher if none is alive. True when one is alive or being started."""
-        self._reap()
         age = self.heartbeat_age()
         if age is not None and abs(age) < HEARTBEAT_STALE:
             return True
@@ -178,18 +208,28 @@ class FlusherSupervisor:
             # A flusher that is exiting still holds the lock for a moment: look again soon.
             self.next_check = min(self.next_check, time.monotonic() + 0.2)
             return True
+        if self._recently_spawned():
+            return True  # one is starting up (here or in another process of the app)
         with self._lock:
             if self._spawning:
                 return True
             self._spawning = True
+        _touch(self.qd.spawn_marker_path)
         if background:
             threading.Thread(target=self._spawn, name="langfuse-dq-spawn", daemon=True).start()
             return True
         return self._spawn()
 
+    def _recently_spawned(self) -> bool:
+        try:
+            age = time.time() - os.stat(self.qd.spawn_marker_path).st_mtime
+        except OSError:
+            return False
+        return 0 <= age < SPAWN_GRACE
+
     def _spawn(self) -> bool:
         try:
-            child = spawn_flusher(self.config, self.qd)
+            spawn_flusher(self.config, self.qd)
         except OSError as exc:
             now = time.monotonic()
             if now - self._last_error_logged > 60:
@@ -199,10 +239,4 @@ class FlusherSupervisor:
         finally:
             with self._lock:
                 self._spawning = False
-        with self._lock:
-            self._children.append(child)
         return True
-
-    def _reap(self) -> None:
-        with self._lock:
-            self._children = [c for c in self._children if c.poll() is None]

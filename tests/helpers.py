@@ -45,8 +45,23 @@ def wait_for(
         time.sleep(interval)
 
 
+def stop_proc(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Stop a process this test started: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def stop_pid(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; reap if it is our child."""
+    """SIGTERM, then SIGKILL after ``grace`` seconds, for a pid we did not start ourselves
+    (a flusher a client spawned); reaps it if it is our child."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -161,6 +176,7 @@ class Server:
     """A real dev server (``langfuse_dq.devserver``) in its own process, with fault injection."""
 
     def __init__(self, directory: Path, keys: Optional[tuple[str, str]] = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.store = str(directory / "server-store.jsonl")
         port_file = directory / "server-port"
         cmd = [PYTHON, "-m", "langfuse_dq.devserver", "--port", "0", "--port-file", str(port_file)]
@@ -205,7 +221,7 @@ class Server:
         return [r["event"] for r in self.records() if r.get("kind") == "event"]
 
     def stop(self) -> None:
-        stop_pid(self.proc.pid)
+        stop_proc(self.proc)
 
 
 # --- fork helpers (multiprocessing needs importable functions) ------------------------------
@@ -228,3 +244,43 @@ def record_with_default_client(i: int) -> int:
     lf.trace(name=f"spawned-{i}")
     lf.shutdown()
     return os.getpid()
+
+
+def start_flusher(
+    env: dict[str, str], queue_dir: str, *, idle_exit: bool = True
+) -> subprocess.Popen[bytes]:
+    """A flusher process for ``queue_dir`` (as the client would spawn it), output to its log."""
+    cmd = [PYTHON, "-m", "langfuse_dq.flusher", "--dir", queue_dir]
+    if idle_exit:
+        cmd.append("--exit-when-idle")
+    log = open(os.path.join(queue_dir, "flusher.log"), "ab")  # noqa: SIM115
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
+def fill_queue(env: dict[str, str], traces: int, spans_per_trace: int = 1, tag: str = "t") -> int:
+    """Write ``traces`` traces (trace + spans + a score each) from a child process.
+
+    Returns the number of events written: 1 + 2 * spans + 1 per trace.
+    """
+    code = f"""
+    from langfuse_dq import Langfuse
+    lf = Langfuse(autospawn=False)
+    for i in range({traces}):
+        trace = lf.trace(name="{tag}-%d" % i, input={{"i": i}}, user_id="u%d" % (i % 7))
+        for j in range({spans_per_trace}):
+            trace.span(name="{tag}-%d-%d" % (i, j), input={{"j": j}}).end(output={{"ok": True}})
+        trace.score(name="quality", value=0.5)
+    lf.shutdown()
+    """
+    run_python(code, {**env, "LANGFUSE_DQ_AUTOSPAWN": "false"}, timeout=300)
+    return traces * (2 + 2 * spans_per_trace)
+
+
+def queue_stats(queue_dir: str) -> dict[str, Any]:
+    from langfuse_dq.queuedir import open_queue_dir
+    from langfuse_dq.stats import queue_stats as collect
+
+    return collect(open_queue_dir(queue_dir, create=False))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import KEYS, clean_env, journal_events, journal_lines, stop_pid
+from helpers import KEYS, clean_env, journal_events, journal_lines, stop_proc
 from langfuse_dq import Langfuse
 
 WRITERS = 4
@@ -47,7 +47,7 @@ def test_four_processes_times_five_thousand_events_each_land_exactly_once(
             assert proc.wait(timeout=150) == 0
     finally:
         for proc in procs:
-            stop_pid(proc.pid)
+            stop_proc(proc)
 
     events = journal_events(queue_dir)
     names = [e["body"]["name"] for e in events]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import KEYS, clean_env, journal_events, python_script, stop_pid
+from helpers import KEYS, clean_env, journal_events, python_script, stop_proc
 
 WRITER = """
 import os, sys
@@ -59,9 +59,7 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_event(queue_dir: 
             output.extend(proc.stdout.read())
             proc.wait(timeout=10)
         finally:
-            stop_pid(proc.pid)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            stop_proc(proc)
         assert proc.returncode == -signal.SIGKILL
         lines = output.decode().split("\n")
         complete = [line for line in lines[:-1] if line]

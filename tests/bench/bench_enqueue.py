@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import logging
 import math
@@ -179,6 +180,7 @@ def _ops_official(host: str) -> Ops:
         )
 
     lf: Any = Langfuse(public_key=PUBLIC_KEY, secret_key=SECRET_KEY, base_url=host)
+    drop_counters = _count_otel_drops(lf)
     start_root = getattr(lf, "start_observation", None) or lf.start_span
 
     def start_child(root: Any) -> Any:
@@ -195,7 +197,45 @@ def _ops_official(host: str) -> Ops:
         span=start_child,
         end=end_child,
         finish=lambda root: root.end(),
+        dropped=lambda: sum(c.dropped for c in drop_counters) if drop_counters else -1,
     )
+
+
+class _OtelDropCounter:
+    """Stands in for a BatchProcessor's metrics object to count the spans it drops.
+
+    OpenTelemetry logs "Queue full, dropping" at most once per 20 s (DuplicateFilter), so the
+    log does not tell how many spans were dropped; its ``drop_items`` hook, called only when a
+    span is dropped, does.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.dropped = 0
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        if error_type == "queue_full":
+            self.dropped += count
+        self.inner.drop_items(count, error_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _count_otel_drops(lf: Any) -> list[_OtelDropCounter]:
+    """Hook a drop counter into the SDK's batch span processors ([] if the layout differs)."""
+    counters = []
+    try:
+        provider = lf._resources.tracer_provider
+        for processor in provider._active_span_processor._span_processors:
+            batch = getattr(processor, "_batch_processor", None)
+            if batch is not None and hasattr(batch, "_metrics"):
+                counter = _OtelDropCounter(batch._metrics)
+                batch._metrics = counter
+                counters.append(counter)
+    except AttributeError:
+        return []
+    return counters
 
 
 class _WarningCounter(logging.Handler):
@@ -286,6 +326,13 @@ def driver_main(argv: list[str]) -> int:
     warmup_warnings = dict(counter.counts)
     counter.counts.clear()
     dropped_before = ops.dropped()
+    collections = [0, 0, 0]
+
+    def count_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collections[info["generation"]] += 1
+
+    gc.callbacks.append(count_collection)
 
     sys.stdout.write("READY\n")
     sys.stdout.flush()
@@ -293,7 +340,10 @@ def driver_main(argv: list[str]) -> int:
     if len(command) != 2 or command[0] != "GO":
         return 2
     start = time.perf_counter() + (float(command[1]) - time.time())
+    cpu_before = os.times()
     lat, late, elapsed = _timed_loop(ops, args.iterations, args.rate, start)
+    cpu_after = os.times()
+    gc.callbacks.remove(count_collection)
 
     late.sort()
     result = {
@@ -306,6 +356,9 @@ def driver_main(argv: list[str]) -> int:
         "late_p50_us": _percentile(late, 0.5) * 1e6 if late else None,
         "late_p99_us": _percentile(late, 0.99) * 1e6 if late else None,
         "late_max_us": late[-1] * 1e6 if late else None,
+        # CPU of the whole writer process (the SDK's own threads included) in the timed phase
+        "cpu_s": (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system),
+        "gc_collections": collections,
         "warnings": counter.counts,
         "warmup_warnings": warmup_warnings,
         "dropped": ops.dropped() - dropped_before,
@@ -363,6 +416,7 @@ class RunResult:
     processes: list[dict[str, Any]]
     rows: list[Row]
     seconds: float
+    server_cpu_s: Optional[float] = None
 
 
 class Children:
@@ -488,6 +542,16 @@ def start_devserver(children: Children, workdir: Path) -> tuple[subprocess.Popen
             raise RuntimeError(f"dev server did not start:\n{tail}")
         time.sleep(0.05)
     return proc, f"http://127.0.0.1:{int(port_file.read_text().strip())}"
+
+
+def process_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds used so far by process ``pid`` (Linux ``/proc``), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _read_line(stream: IO[str], timeout: float) -> str:
@@ -680,9 +744,17 @@ def run_notes(run: RunResult, paced: bool) -> list[str]:
         notes.append(
             f"{name}: {procs[0]['calls_per_s']:.0f} calls/s ({procs[0]['elapsed_s']:.1f} s)"
         )
-    dropped = sum(p.get("dropped", 0) for p in procs)
-    if dropped:
-        notes.append(f"{name}: {dropped} events dropped by the client")
+    cpu = ", ".join(f"{100 * p['cpu_s'] / p['elapsed_s']:.0f}%" for p in procs)
+    gen2 = sum(p["gc_collections"][2] for p in procs)
+    server = "" if run.server_cpu_s is None else f"; dev server used {run.server_cpu_s:.1f} CPU-s"
+    notes.append(
+        f"{name}: writer CPU (all threads) {cpu} of a core; {gen2} full (gen 2) collections{server}"
+    )
+    dropped = [p.get("dropped", 0) for p in procs]
+    if any(d < 0 for d in dropped):
+        notes.append(f"{name}: events dropped by the client: unknown")
+    elif sum(dropped):
+        notes.append(f"{name}: {sum(dropped)} events dropped by the client (queue full)")
     warnings: dict[str, int] = {}
     for p in procs:
         for key, count in p["warnings"].items():
@@ -710,6 +782,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     began = time.monotonic()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     impls = [
@@ -755,9 +828,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
             for shape, processes, iterations, warmup, rate in plans:
                 log(f"{impl.label}: {shape}, {processes} x {iterations} iterations")
+                server_cpu = process_cpu_seconds(devserver.pid)
                 run = run_writers(
                     children, impl, shape, processes, iterations, warmup, rate, host, workdir
                 )
+                server_cpu_after = process_cpu_seconds(devserver.pid)
+                if server_cpu is not None and server_cpu_after is not None:
+                    run.server_cpu_s = server_cpu_after - server_cpu
                 log(f"  done in {run.seconds:.1f} s")
                 runs.append(run)
                 notes.extend(run_notes(run, paced=rate > 0))
@@ -780,6 +857,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             f" (usable: {len(os.sched_getaffinity(0))})" if hasattr(os, "sched_getaffinity") else ""
         ),
         f"langfuse-dq: {git_description()}",
+        "load average (1 min) before / after the run: "
+        + ("n/a" if load_before is None else f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"),
         f"mode: {'quick' if args.quick else 'full'}; payload: {PAYLOAD_BYTES}-byte JSON object as "
         f"input (and output at end); warm-up excluded: {sizes.tight_warmup} iterations (a), "
         f"{sizes.paced_warmup} (b)",
@@ -808,6 +887,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "implementation": run.implementation,
                     "shape": run.shape,
                     "seconds": run.seconds,
+                    "server_cpu_s": run.server_cpu_s,
                     "processes": run.processes,
                 }
                 for run in runs
