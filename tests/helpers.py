@@ -253,6 +253,7 @@ def start_flusher(
     cmd = [PYTHON, "-m", "langfuse_dq.flusher", "--dir", queue_dir]
     if idle_exit:
         cmd.append("--exit-when-idle")
+    os.makedirs(queue_dir, mode=0o700, exist_ok=True)
     log = open(os.path.join(queue_dir, "flusher.log"), "ab")  # noqa: SIM115
     try:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
