@@ -46,7 +46,8 @@ while time.perf_counter() - start < seconds:
 lf.shutdown()
 latencies.sort()
 n = len(latencies)
-print(json.dumps({"n": i, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)], "max": latencies[-1]}))
+report = {"n": i, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)], "max": latencies[-1]}
+print(json.dumps(report))
 """
 
 
