@@ -15,12 +15,15 @@ events not yet exported, and decides when something is ready:
 
 Folding is by event time: for each field the latest write wins, ``metadata`` is merged per
 top-level key. Trace-level fields are copied onto every span of the trace.
+
+Work is incremental: a trace is looked at again only when an event arrives for it, when a
+timer it asked for comes due, or (about once a second) when it has an observation left open.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -30,10 +33,13 @@ from .timeutil import ns_from_iso
 GRACE_NS = 500_000_000
 TRACE_IDLE_NS = 3_000_000_000
 ORPHAN_WAIT_NS = 10_000_000_000
+OPEN_CHECK_NS = 1_000_000_000
 TOMBSTONE_CACHE = 50_000
 
+ROOT_NONE, ROOT_EXPORTED, ROOT_QUARANTINED = 0, 1, 2
+
 _OBS_KINDS = ("span", "generation", "event")
-#: Trace body fields that stay in a tombstone (input/output only ever go on the root).
+#: Trace body fields a tombstone keeps (input/output only ever go on the root).
 _KEEP_AFTER_ROOT = (
     "name",
     "userId",
@@ -100,11 +106,8 @@ def _fold(base: dict[str, Any], body: dict[str, Any]) -> None:
 
 
 def _order(event: dict[str, Any]) -> tuple[int, int, str]:
-    return (
-        int(event.get("_t", 0)),
-        0 if str(event.get("type", "")).endswith("-create") else 1,
-        str(event.get("id")),
-    )
+    kind = 0 if str(event.get("type", "")).endswith("-create") else 1
+    return (int(event.get("_t", 0)), kind, str(event.get("id")))
 
 
 def fold_trace(base: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -120,16 +123,23 @@ def fold_trace(base: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, 
 
 def fold_observation(events: list[dict[str, Any]]) -> tuple[str, bool, dict[str, Any]]:
     """(kind, has a create event, folded body fields) of one observation's events."""
+    if len(events) == 1:
+        event = events[0]
+        this_kind, _, action = str(event.get("type", "")).rpartition("-")
+        fields = dict(event.get("body") or {})
+        if event.get("_r"):
+            fields["_release"] = event["_r"]
+        return this_kind or "span", action == "create", fields
     kind = ""
     has_create = False
-    fields: dict[str, Any] = {}
+    fields = {}
     seen: set[str] = set()
     for event in sorted(events, key=_order):
-        if event.get("id") in seen:  # the same event queued twice (a quarantine retry)
+        event_id = str(event.get("id"))
+        if event_id in seen:  # the same event queued twice (a quarantine retry)
             continue
-        seen.add(str(event.get("id")))
-        etype = str(event.get("type", ""))
-        this_kind, _, action = etype.rpartition("-")
+        seen.add(event_id)
+        this_kind, _, action = str(event.get("type", "")).rpartition("-")
         if action == "create":
             if not has_create:
                 kind = this_kind
@@ -155,17 +165,21 @@ class TraceBuf:
     """The not-yet-exported events of one trace, and what is known of it."""
 
     __slots__ = (
+        "checked",
         "child_end",
         "child_start",
-        "dirty",
         "fields",
         "first_ns",
+        "folded",
         "id",
         "last_ns",
         "needs_root",
         "obs",
-        "root_done",
+        "open_obs",
+        "root",
+        "root_id",
         "root_name",
+        "root_sent",
         "trace_events",
     )
 
@@ -174,67 +188,89 @@ class TraceBuf:
         self.trace_events: list[dict[str, Any]] = []
         self.obs: dict[str, list[dict[str, Any]]] = {}
         self.fields: dict[str, Any] = {}
-        self.root_done = False
+        #: root span state in memory: ROOT_NONE, ROOT_EXPORTED (collected) or ROOT_QUARANTINED
+        self.root = ROOT_NONE
+        #: the root reached a final state on the server side (delivered or quarantined)
+        self.root_sent = ROOT_NONE
         self.needs_root = False
         self.root_name: Optional[str] = None
+        self.root_id = root_observation_id(trace_id)
         self.child_start: Optional[int] = None
         self.child_end: Optional[int] = None
         self.first_ns = 0
         self.last_ns = 0
-        self.dirty = False
+        self.open_obs = False
+        #: its tombstone (if any) was looked up in the state
+        self.checked = False
+        #: fields folded with the pending trace events (shared by the spans exported now)
+        self.folded: Optional[dict[str, Any]] = None
+
+    def trace_fields(self) -> dict[str, Any]:
+        """The trace's fields with every trace event known so far applied (cached)."""
+        if not self.trace_events:
+            return self.fields
+        if self.folded is None:
+            self.folded = fold_trace(self.fields, self.trace_events)
+        return self.folded
 
     @property
     def pending(self) -> bool:
-        """Holds events not yet exported."""
+        """Holds events not yet exported (or a root still to export)."""
         return (
             bool(self.obs)
-            or (bool(self.trace_events) and not self.root_done)
-            or (self.needs_root and not self.root_done)
+            or (bool(self.trace_events) and self.root != ROOT_EXPORTED)
+            or (self.needs_root and self.root == ROOT_NONE)
         )
 
     def pending_events(self) -> int:
         return len(self.trace_events) + sum(len(v) for v in self.obs.values())
 
     def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "f": self.fields,
-            "root": self.root_done,
+        """The persisted tombstone: what the root span became and the trace's fields."""
+        return {
+            "f": {k: v for k, v in self.fields.items() if k in _KEEP_AFTER_ROOT},
+            "root": self.root_sent,
             "nr": self.needs_root,
             "rn": self.root_name,
             "cs": self.child_start,
             "ce": self.child_end,
             "t0": self.first_ns,
             "t1": self.last_ns,
-            "pending": self.pending,
         }
-        if self.trace_events:
-            record["te"] = self.trace_events
-        if self.obs:
-            record["obs"] = self.obs
-        return record
 
-    @classmethod
-    def from_record(cls, trace_id: str, record: dict[str, Any]) -> TraceBuf:
-        buf = cls(trace_id)
-        buf.fields = dict(record.get("f") or {})
-        buf.root_done = bool(record.get("root"))
-        buf.needs_root = bool(record.get("nr"))
-        buf.root_name = record.get("rn")
-        buf.child_start = record.get("cs")
-        buf.child_end = record.get("ce")
-        buf.first_ns = int(record.get("t0") or 0)
-        buf.last_ns = int(record.get("t1") or 0)
-        buf.trace_events = list(record.get("te") or [])
-        buf.obs = {k: list(v) for k, v in (record.get("obs") or {}).items()}
-        return buf
+    def merge_record(self, record: dict[str, Any]) -> None:
+        """Take in the tombstone of this trace (what an earlier run settled)."""
+        self.checked = True
+        fields = dict(record.get("f") or {})
+        fields.update(self.fields)
+        self.fields = fields
+        self.folded = None
+        root = record.get("root")
+        self.root_sent = int(root) if isinstance(root, (int, bool)) else ROOT_NONE
+        if self.root == ROOT_NONE:
+            self.root = self.root_sent
+        self.needs_root = self.needs_root or bool(record.get("nr"))
+        if self.root_name is None:
+            self.root_name = record.get("rn")
+        for attr, key, pick in (("child_start", "cs", min), ("child_end", "ce", max)):
+            theirs = record.get(key)
+            if isinstance(theirs, int):
+                ours = getattr(self, attr)
+                setattr(self, attr, theirs if ours is None else pick(ours, theirs))
+        t0, t1 = record.get("t0"), record.get("t1")
+        if isinstance(t0, int) and t0 and (not self.first_ns or t0 < self.first_ns):
+            self.first_ns = t0
+        if isinstance(t1, int) and t1 > self.last_ns:
+            self.last_ns = t1
 
 
 class Assembler:
-    """In-memory working set of traces, backed by the flusher state for what is pending."""
+    """In-memory working set of traces. Every pending event stays durable in the journal;
+    the state only keeps tombstones of traces whose root span was settled."""
 
     def __init__(
         self,
-        load: Callable[[str], Optional[dict[str, Any]]],
+        load: Callable[[list[str]], dict[str, dict[str, Any]]],
         max_open_ns: int,
         writer_alive: Callable[[str], bool],
         grace_ns: int = GRACE_NS,
@@ -247,13 +283,14 @@ class Assembler:
         self.trace_idle_ns = trace_idle_ns
         self.active: dict[str, TraceBuf] = {}
         self.tombstones: OrderedDict[str, TraceBuf] = OrderedDict()
-        self.dirty: dict[str, TraceBuf] = {}
+        #: traces whose persisted record must be rewritten at the next commit
+        self.to_persist: dict[str, TraceBuf] = {}
+        self._changed: set[str] = set()
+        self._timers: list[tuple[int, str]] = []
+        self._last_open_scan = 0
+        self.held = 0
 
     # -- state -----------------------------------------------------------------------------
-
-    def restore(self, trace_id: str, record: dict[str, Any]) -> None:
-        """Load a pending trace from the state at start-up."""
-        self.active[trace_id] = TraceBuf.from_record(trace_id, record)
 
     def _buf(self, trace_id: str) -> TraceBuf:
         buf = self.active.get(trace_id)
@@ -261,18 +298,32 @@ class Assembler:
             return buf
         buf = self.tombstones.pop(trace_id, None)
         if buf is None:
-            record = self._load(trace_id)
-            buf = TraceBuf.from_record(trace_id, record) if record else TraceBuf(trace_id)
+            buf = TraceBuf(trace_id)  # its tombstone, if any, is looked up before export
         self.active[trace_id] = buf
         return buf
 
-    def _touch(self, buf: TraceBuf) -> None:
-        buf.dirty = True
-        self.dirty[buf.id] = buf
+    def _check(self, trace_ids: list[str]) -> None:
+        """Look up the tombstones of traces not yet checked, many at a time."""
+        unchecked = [t for t in trace_ids if t in self.active and not self.active[t].checked]
+        if not unchecked:
+            return
+        records = self._load(unchecked)
+        for trace_id in unchecked:
+            buf = self.active[trace_id]
+            record = records.get(trace_id)
+            if record is not None:
+                buf.merge_record(record)
+            buf.checked = True
+
+    def persist(self, trace_id: str) -> None:
+        """Have this trace's record rewritten at the next commit."""
+        buf = self.active.get(trace_id) or self.tombstones.get(trace_id)
+        if buf is not None:
+            self.to_persist[trace_id] = buf
 
     def pending_events(self) -> int:
         """Events held in the working set, not yet exported."""
-        return sum(buf.pending_events() for buf in self.active.values())
+        return self.held
 
     def oldest_pending_ns(self) -> Optional[int]:
         oldest: Optional[int] = None
@@ -284,101 +335,128 @@ class Assembler:
                         oldest = t
         return oldest
 
-    def touch(self, trace_id: str) -> None:
-        """Mark a trace for persisting at the next commit (its exported items were sent)."""
-        buf = self.active.get(trace_id) or self.tombstones.get(trace_id)
-        if buf is not None:
-            self._touch(buf)
-
-    def take_dirty(self, keep: Iterable[str] = ()) -> list[TraceBuf]:
-        """Traces changed since the last call (to persist), moving finished ones aside.
-
-        Traces in ``keep`` (items of theirs wait to be sent) stay in the working set.
-        """
-        bufs = list(self.dirty.values())
-        self.dirty.clear()
-        held = set(keep)
-        for buf in bufs:
-            buf.dirty = False
-            if not buf.pending and buf.id not in held and self.active.get(buf.id) is buf:
-                del self.active[buf.id]
-                self.tombstones[buf.id] = buf
-                if len(self.tombstones) > TOMBSTONE_CACHE:
-                    self.tombstones.popitem(last=False)
+    def take_persist(self) -> list[TraceBuf]:
+        """Records to write at this commit; finished traces move to the tombstone cache."""
+        bufs = list(self.to_persist.values())
+        self.to_persist.clear()
         return bufs
+
+    def retire(self, trace_id: str) -> None:
+        """Move a trace with nothing pending out of the working set (into the small cache)."""
+        buf = self.active.get(trace_id)
+        if buf is not None and not buf.pending:
+            del self.active[trace_id]
+            self.tombstones[trace_id] = buf
+            if len(self.tombstones) > TOMBSTONE_CACHE:
+                self.tombstones.popitem(last=False)
 
     # -- intake ----------------------------------------------------------------------------
 
     def add(self, event: dict[str, Any]) -> None:
         """Fold one queued event (not a score) into its trace."""
-        etype = str(event.get("type", ""))
+        etype = event.get("type")
         body = event.get("body") or {}
         t = int(event.get("_t", 0))
         if etype == "trace-create":
-            trace_id = str(body.get("id"))
-            buf = self._buf(trace_id)
+            buf = self._buf(str(body.get("id")))
             buf.trace_events.append(event)
+            buf.folded = None
             buf.needs_root = True
         else:
-            trace_id = str(body.get("traceId"))
-            buf = self._buf(trace_id)
-            obs_id = str(body.get("id"))
-            buf.obs.setdefault(obs_id, []).append(event)
-            if etype.endswith("-create") and not body.get("parentObservationId"):
+            buf = self._buf(str(body.get("traceId")))
+            buf.obs.setdefault(str(body.get("id")), []).append(event)
+            if etype != "event-create" and "endTime" not in body:
+                buf.open_obs = True
+            if str(etype).endswith("-create") and not body.get("parentObservationId"):
                 buf.needs_root = True
                 if buf.root_name is None and isinstance(body.get("name"), str):
                     buf.root_name = body["name"]
         if not buf.first_ns or t < buf.first_ns:
             buf.first_ns = t
-        buf.last_ns = max(buf.last_ns, t)
-        self._touch(buf)
+        if t > buf.last_ns:
+            buf.last_ns = t
+        self.held += 1
+        self._changed.add(buf.id)
 
     # -- decisions -------------------------------------------------------------------------
 
-    def collect(self, watermark_ns: int, now_ns: int, forced_ns: int) -> Outcome:
+    def collect(
+        self, watermark_ns: int, now_ns: int, forced_ns: int, everything: bool = False
+    ) -> Outcome:
         """Everything exportable now.
 
         ``watermark_ns``: every journal line stamped before it has been read.
         ``forced_ns``: events stamped at or before it are exported without waiting (a flush
-        marker the watermark has passed); 0 for none.
+        marker the watermark has passed); 0 for none. ``everything``: look at every trace
+        (a marker came due), not only those that changed or whose timer is due.
         """
         out = Outcome()
-        for buf in list(self.active.values()):
-            if buf.obs:
-                self._collect_observations(buf, watermark_ns, now_ns, forced_ns, out)
-            if buf.root_done and buf.trace_events:
-                # The root went out already; later trace fields still reach later spans.
-                buf.fields = fold_trace(buf.fields, buf.trace_events)
-                self._strip_io(buf)
-                out.dropped.setdefault("late_update", []).extend(buf.trace_events)
-                buf.trace_events = []
-                self._touch(buf)
-            if buf.needs_root and not buf.root_done and not buf.obs:
-                quiet = watermark_ns >= buf.last_ns + self.trace_idle_ns
-                if quiet or (forced_ns and buf.last_ns <= forced_ns):
-                    out.ready.append(self._root(buf))
+        due = self._changed
+        self._changed = set()
+        while self._timers and self._timers[0][0] <= watermark_ns:
+            due.add(heapq.heappop(self._timers)[1])
+        if everything:
+            due.update(self.active)
+        elif now_ns - self._last_open_scan >= OPEN_CHECK_NS:
+            self._last_open_scan = now_ns
+            due.update(tid for tid, buf in self.active.items() if buf.open_obs)
+        self._check(list(due))
+        for trace_id in due:
+            buf = self.active.get(trace_id)
+            if buf is None:
+                continue
+            wake = self._examine(buf, watermark_ns, now_ns, forced_ns, out)
+            if wake:
+                heapq.heappush(self._timers, (wake, trace_id))
         return out
 
-    def _collect_observations(
+    def _examine(
         self, buf: TraceBuf, watermark_ns: int, now_ns: int, forced_ns: int, out: Outcome
-    ) -> None:
+    ) -> int:
+        """Export what is ready in one trace; returns the watermark at which to look again."""
+        wake = 0
+        if buf.obs:
+            wake = self._observations(buf, watermark_ns, now_ns, forced_ns, out)
+        if buf.root == ROOT_EXPORTED and buf.trace_events:
+            # The root went out already; later trace fields still reach later spans.
+            buf.fields = buf.trace_fields()
+            out.dropped.setdefault("late_update", []).extend(buf.trace_events)
+            self.held -= len(buf.trace_events)
+            buf.trace_events = []
+            buf.folded = None
+        if buf.needs_root and buf.root != ROOT_EXPORTED and not buf.obs:
+            quiet_at = buf.last_ns + self.trace_idle_ns
+            if buf.root == ROOT_QUARANTINED and not buf.trace_events:
+                pass  # nothing new to send for a root the server refused
+            elif watermark_ns >= quiet_at or (forced_ns and buf.last_ns <= forced_ns):
+                out.ready.append(self._root(buf))
+            else:
+                wake = min(wake, quiet_at) if wake else quiet_at
+        return wake
+
+    def _observations(
+        self, buf: TraceBuf, watermark_ns: int, now_ns: int, forced_ns: int, out: Outcome
+    ) -> int:
+        wake = 0
+        still_open = False
         for obs_id, events in list(buf.obs.items()):
             kind, has_create, fields = fold_observation(events)
             last = max(int(e.get("_t", 0)) for e in events)
-            settled = watermark_ns >= last + self.grace_ns or (forced_ns and last <= forced_ns)
+            settle_at = last + self.grace_ns
+            settled = watermark_ns >= settle_at or bool(forced_ns and last <= forced_ns)
             ended = kind == "event" or "endTime" in fields
             warning: Optional[str] = None
             if not has_create:
-                if watermark_ns >= last + ORPHAN_WAIT_NS:
+                orphan_at = last + ORPHAN_WAIT_NS
+                if watermark_ns >= orphan_at:
                     out.dropped.setdefault("orphan_update", []).extend(events)
-                    del buf.obs[obs_id]
-                    self._touch(buf)
+                    self._forget(buf, obs_id)
+                else:
+                    wake = min(wake, orphan_at) if wake else orphan_at
                 continue
             if not ended:
                 start = _ns(fields.get("startTime"), last)
-                create = next(
-                    e for e in sorted(events, key=_order) if str(e.get("type")).endswith("-create")
-                )
+                create = next(e for e in events if str(e.get("type")).endswith("-create"))
                 writer = str(create.get("_w", ""))
                 if settled and writer and not self.writer_alive(writer):
                     warning = (
@@ -391,13 +469,22 @@ class Assembler:
                         "(max_open_seconds); exported as it was"
                     )
                 else:
+                    still_open = True
+                    if not settled:
+                        wake = min(wake, settle_at) if wake else settle_at
                     continue
                 fields["endTime_ns"] = max(last, start)
             elif not settled:
+                wake = min(wake, settle_at) if wake else settle_at
                 continue
             out.ready.append(self._observation(buf, obs_id, kind, fields, events, warning))
-            del buf.obs[obs_id]
-            self._touch(buf)
+            self._forget(buf, obs_id)
+        buf.open_obs = still_open
+        return wake
+
+    def _forget(self, buf: TraceBuf, obs_id: str) -> None:
+        events = buf.obs.pop(obs_id)
+        self.held -= len(events)
 
     def _observation(
         self,
@@ -408,7 +495,11 @@ class Assembler:
         events: list[dict[str, Any]],
         warning: Optional[str],
     ) -> Ready:
-        first_t = min(int(e.get("_t", 0)) for e in events)
+        first_t = (
+            int(events[0].get("_t", 0))
+            if len(events) == 1
+            else min(int(e.get("_t", 0)) for e in events)
+        )
         start = _ns(fields.get("startTime"), first_t)
         if kind == "event":
             end = start
@@ -419,7 +510,7 @@ class Assembler:
         end = max(end, start)
         parent = fields.get("parentObservationId")
         if not parent:
-            parent = root_observation_id(buf.id)
+            parent = buf.root_id
             buf.needs_root = True
         buf.child_start = start if buf.child_start is None else min(buf.child_start, start)
         buf.child_end = end if buf.child_end is None else max(buf.child_end, end)
@@ -432,17 +523,17 @@ class Assembler:
             start_ns=start,
             end_ns=end,
             fields=fields,
-            trace_fields=fold_trace(buf.fields, buf.trace_events),
+            trace_fields=buf.trace_fields(),
             warning=warning,
         )
-        return Ready(events=list(events), span=span)
+        return Ready(events=events, span=span)
 
     def _root(self, buf: TraceBuf) -> Ready:
-        fields = fold_trace(buf.fields, buf.trace_events)
+        fields = buf.trace_fields()
         trace_ts = _ns(fields.get("timestamp"), buf.first_ns)
         starts = [t for t in (trace_ts, buf.child_start) if t]
         start = min(starts) if starts else buf.first_ns
-        end = max(t for t in (buf.child_end or 0, buf.last_ns, start))
+        end = max(buf.child_end or 0, buf.last_ns, start)
         span_fields: dict[str, Any] = {}
         for key in ("input", "output"):
             if key in fields:
@@ -452,7 +543,7 @@ class Assembler:
         name = fields.get("name") or buf.root_name or "trace"
         span = SpanData(
             trace_id=buf.id,
-            span_id=root_observation_id(buf.id),
+            span_id=buf.root_id,
             parent_id=None,
             name=str(name),
             kind="span",
@@ -462,14 +553,22 @@ class Assembler:
             trace_fields=fields,
             is_root=True,
         )
-        events = list(buf.trace_events)
+        events = buf.trace_events
+        self.held -= len(events)
         buf.fields = fields
-        self._strip_io(buf)
         buf.trace_events = []
-        buf.root_done = True
-        self._touch(buf)
+        buf.folded = None
+        buf.root = ROOT_EXPORTED
         return Ready(events=events, span=span)
 
-    @staticmethod
-    def _strip_io(buf: TraceBuf) -> None:
-        buf.fields = {k: v for k, v in buf.fields.items() if k in _KEEP_AFTER_ROOT}
+    # -- results of delivery ---------------------------------------------------------------
+
+    def root_settled(self, trace_id: str, quarantined: bool) -> None:
+        """The root of ``trace_id`` was delivered (or quarantined): record it in a tombstone."""
+        buf = self.active.get(trace_id) or self.tombstones.get(trace_id)
+        if buf is None:
+            return
+        buf.root_sent = ROOT_QUARANTINED if quarantined else ROOT_EXPORTED
+        if quarantined:
+            buf.root = ROOT_QUARANTINED
+        self.to_persist[trace_id] = buf

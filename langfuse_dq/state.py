@@ -3,17 +3,21 @@
 Only the process holding the flusher lock writes here; ``status`` and clients only read.
 Values are JSON text, never pickles, so a tampered file cannot run code. Keys:
 
-- ``cursors``: ``{segment name: bytes consumed}`` for every journal segment still on disk
+- ``cursors``: ``{segment name: bytes read}`` for every journal segment still on disk
+- ``pins``: ``{segment name: [offsets]}``: lines before the cursor whose events are still
+  pending (an open span, a root waiting for its trace to go quiet, a retry in progress)
 - ``counters``: ``{name: count}``: delivered, quarantined, retried, duplicate_risk,
   ``dropped:<reason>``, torn_lines, ... (monotonic)
-- ``pending``: ids of traces that still hold undelivered events
-- ``trace:<trace id>``: such a trace's pending events; once its root span is exported, a
-  small tombstone that expires after ``TRACE_TTL`` seconds (it keeps late events of the trace
-  from producing a second root span, and carries the trace's fields onto late spans)
 - ``markers``: flush markers read but not yet satisfied
 - ``inflight``: events sent since the last commit: after a crash they are sent again, so they
   count as duplicate risk
 - ``last_success_at``, ``last_error``, ``auth_error``: for ``status``
+
+Tombstones of traces whose root span was delivered (or quarantined) live beside the cache in
+``state/tombstones.sqlite`` (one row per trace, written many at a time): they keep late
+events of a trace from producing a second root span and carry the trace's fields onto late
+spans; they expire after ``TRACE_TTL`` seconds. They are written before the round's commit,
+so a crash in between only ever finds a tombstone for a root that was indeed delivered.
 
 The cache uses ``eviction_policy='none'`` (a default Cache silently evicts), keeps every value
 inside SQLite (``disk_min_file_size`` is huge: no side files), and each round of the flusher
@@ -22,9 +26,12 @@ commits in one transaction, so cursors, traces and counters move together or not
 
 from __future__ import annotations
 
+import array
 import json
 import os
+import sqlite3
 import time
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import diskcache
@@ -72,6 +79,42 @@ def loads(raw: Any) -> Any:
     return raw
 
 
+PinMap = dict[str, set[int]]
+
+
+def encode_pins(pins: dict[str, Iterable[int]]) -> bytes:
+    """Pinned offsets as a compact blob: a JSON header of (segment, count), then int64s.
+
+    A backlog can pin tens of thousands of lines; JSON lists of them, rewritten at every
+    commit, cost more than everything else the commit does.
+    """
+    header: list[tuple[str, int]] = []
+    body = array.array("q")
+    for name, offsets in pins.items():
+        before = len(body)
+        body.extend(offsets)
+        header.append((name, len(body) - before))
+    return json.dumps(header).encode() + b"\n" + body.tobytes()
+
+
+def decode_pins(blob: Any) -> PinMap:
+    if not isinstance(blob, (bytes, bytearray)) or b"\n" not in blob:
+        return {}
+    head, _, raw = bytes(blob).partition(b"\n")
+    try:
+        header = json.loads(head)
+        values = array.array("q")
+        values.frombytes(raw)
+    except ValueError:
+        return {}
+    out: dict[str, set[int]] = {}
+    position = 0
+    for name, count in header:
+        out[str(name)] = set(values[position : position + int(count)])
+        position += int(count)
+    return out
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -82,9 +125,11 @@ class FlusherState:
     def __init__(self, qd: QueueDir) -> None:
         self.qd = qd
         self.cache = open_cache(qd)
+        self.tombstones = Tombstones(os.path.join(qd.state, "tombstones.sqlite"))
 
     def close(self) -> None:
         self.cache.close()
+        self.tombstones.close()
 
     def transact(self) -> Any:
         """A context manager: everything written inside commits atomically."""
@@ -101,6 +146,13 @@ class FlusherState:
         self.cache.delete(key)
 
     # -- typed views -----------------------------------------------------------------------
+
+    def pins(self) -> PinMap:
+        """``{segment: offsets}`` of lines still pending before each cursor."""
+        return decode_pins(self.cache.get("pins"))
+
+    def set_pins(self, pins: dict[str, Iterable[int]]) -> None:
+        self.cache.set("pins", encode_pins(pins))
 
     def cursors(self) -> dict[str, int]:
         value = self.get("cursors", {})
@@ -120,15 +172,13 @@ class FlusherState:
             counters[name] = counters.get(name, 0) + amount
         self.set("counters", counters)
 
-    def get_trace(self, trace_id: str) -> Optional[dict[str, Any]]:
-        value = self.get("trace:" + trace_id)
-        return value if isinstance(value, dict) else None
+    def get_traces(self, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The tombstones (not expired) of those of ``trace_ids`` that have one."""
+        return self.tombstones.get_many(trace_ids)
 
-    def put_trace(self, trace_id: str, record: dict[str, Any], expire: Optional[float]) -> None:
-        self.set("trace:" + trace_id, record, expire=expire)
-
-    def delete_trace(self, trace_id: str) -> None:
-        self.cache.delete("trace:" + trace_id)
+    def put_traces(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write tombstones (in one transaction of their own)."""
+        self.tombstones.put_many(records, TRACE_TTL)
 
     def record_success(self) -> None:
         self.set("last_success_at", time.time())
@@ -137,5 +187,58 @@ class FlusherState:
         self.set("last_error", {"at": time.time(), "message": message[:500], "status": status})
 
     def expire(self) -> None:
-        """Drop expired tombstones."""
+        """Drop expired entries and tombstones."""
         self.cache.expire()
+        self.tombstones.expire()
+
+
+class Tombstones:
+    """Settled traces in a small SQLite table: many rows per transaction, cheap lookups."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS tomb ("
+            "trace_id TEXT PRIMARY KEY, record TEXT NOT NULL, expires REAL NOT NULL)"
+        )
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(path + suffix, FILE_MODE)
+            except OSError:
+                pass
+
+    def get_many(self, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        now = time.time()
+        for start in range(0, len(trace_ids), 500):
+            chunk = trace_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._con.execute(
+                f"SELECT trace_id, record FROM tomb WHERE expires > ? AND trace_id IN ({marks})",  # noqa: S608 (placeholders only)
+                (now, *chunk),
+            ).fetchall()
+            for trace_id, raw in rows:
+                value = loads(raw)
+                if isinstance(value, dict):
+                    found[trace_id] = value
+        return found
+
+    def put_many(self, records: list[tuple[str, dict[str, Any]]], ttl: float) -> None:
+        if not records:
+            return
+        expires = time.time() + ttl
+        rows = [(trace_id, dumps(record), expires) for trace_id, record in records]
+        with self._con:
+            self._con.execute("BEGIN")
+            self._con.executemany("INSERT OR REPLACE INTO tomb VALUES (?, ?, ?)", rows)
+
+    def expire(self) -> None:
+        with self._con:
+            self._con.execute("BEGIN")
+            self._con.execute("DELETE FROM tomb WHERE expires <= ?", (time.time(),))
+
+    def close(self) -> None:
+        self._con.close()

@@ -38,6 +38,15 @@ def _first_event_ns(line: bytes) -> Optional[int]:
     return t if isinstance(t, int) else None
 
 
+def _line_at(path: str, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.readline().rstrip(b"\n")
+    except OSError:
+        return b""
+
+
 def empty_stats(queue_dir: str, error: Optional[str] = None) -> dict[str, Any]:
     return {
         "queue_dir": queue_dir,
@@ -77,31 +86,31 @@ def queue_stats(qd: QueueDir) -> dict[str, Any]:
     state = FlusherState(qd)
     try:
         cursors = state.cursors()
+        pins = state.pins()
         counters = state.counters()
         inflight = state.get("inflight") or {}
         last_success = state.get("last_success_at")
         last_error = state.get("last_error")
         auth_error = state.get("auth_error")
-        held: list[dict[str, Any]] = []
-        for trace_id in state.get("pending", []) or []:
-            record = state.get_trace(str(trace_id))
-            if record:
-                held.extend(record.get("te") or [])
-                for events in (record.get("obs") or {}).values():
-                    held.extend(events)
-        held.extend(e for e in state.get("outbox", []) or [] if isinstance(e, dict))
     finally:
         state.close()
 
-    pending = len(held)
-    pending_bytes = sum(len(json.dumps(e, separators=(",", ":"))) for e in held)
-    oldest: Optional[int] = min((int(e.get("_t", now_ns)) for e in held), default=None)
+    pending = 0
+    pending_bytes = 0
+    oldest: Optional[int] = None
     dropped_unread: dict[str, int] = {}
     for seg, size in list_segments(qd.journal):
+        path = os.path.join(qd.journal, seg.name)
+        pinned = pins.get(seg.name)
+        if pinned:
+            pending += len(pinned)
+            first_pin = _line_at(path, int(min(pinned)))
+            t = _first_event_ns(first_pin) if first_pin else None
+            if t is not None and (oldest is None or t < oldest):
+                oldest = t
         offset = cursors.get(seg.name, 0)
         if offset >= size:
             continue
-        path = os.path.join(qd.journal, seg.name)
         lines, nbytes, first, controls = scan_tail(path, offset)
         pending += lines
         pending_bytes += nbytes

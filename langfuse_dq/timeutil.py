@@ -6,6 +6,7 @@ the string that changes once a second.
 
 from __future__ import annotations
 
+import calendar
 import math
 import time
 from datetime import date, datetime, timezone
@@ -33,8 +34,29 @@ def iso_from_ns(ns: int) -> str:
     return f"{prefix}.{rem // 1000:06d}Z"
 
 
+_prefix_cache: dict[str, int] = {}
+
+
 def ns_from_iso(value: str) -> int:
-    """Parse an ISO-8601 timestamp (``Z`` or an offset; naive means UTC) into Unix nanoseconds."""
+    """Parse an ISO-8601 timestamp (``Z`` or an offset; naive means UTC) into Unix nanoseconds.
+
+    Our own form (``YYYY-MM-DDTHH:MM:SS.ffffffZ``) takes a fast path with a cache of the
+    seconds part: the flusher parses two of these per observation.
+    """
+    if len(value) == 27 and value[26] == "Z" and value[19] == ".":
+        seconds = _prefix_cache.get(value[:19])
+        if seconds is None:
+            seconds = calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
+            if len(_prefix_cache) > 4096:
+                _prefix_cache.clear()
+            _prefix_cache[value[:19]] = seconds
+        micros = value[20:26]
+        if micros.isdigit():
+            return seconds * _NS + int(micros) * 1000
+    return _parse_iso(value)
+
+
+def _parse_iso(value: str) -> int:
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

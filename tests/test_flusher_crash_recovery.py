@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from helpers import Server, fill_queue, queue_stats, start_flusher, stop_proc, wait_for
+from helpers import (
+    Server,
+    fill_queue,
+    flusher_pid,
+    queue_stats,
+    start_flusher,
+    stop_proc,
+    wait_for,
+)
 
 
 @pytest.mark.timeout(300)
@@ -22,20 +30,22 @@ def test_sigkill_the_flusher_five_times_while_it_drains_20000_events(
     written = fill_queue(env, traces, spans_per_trace=3)
     assert written == 20_000
     rng = random.Random(5)
+    server.faults(delay=0.03)  # stretch the drain so that every kill lands mid-drain
     kills = 0
     for _ in range(5):
         proc = start_flusher(env, queue_dir, idle_exit=False)
         try:
-            # Let it get somewhere: wait for spans to arrive, then kill at a random moment.
-            before = server.counts()["spans"]
-            wait_for(lambda: server.counts()["spans"] > before, 60, what="the flusher to send")  # noqa: B023
-            time.sleep(rng.uniform(0.0, 0.4))
+            wait_for(lambda: flusher_pid(queue_dir) == proc.pid, 30, what="the flusher to start")  # noqa: B023
+            time.sleep(rng.uniform(0.2, 0.9))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1
         finally:
             stop_proc(proc)
     assert kills == 5
+    sent_before_the_last_run = len(server.spans())
+    assert 0 < sent_before_the_last_run < traces * 4, "the kills happened while it drained"
+    server.faults(delay=0)
     proc = start_flusher(env, queue_dir, idle_exit=True)
     try:
         wait_for(

@@ -27,7 +27,8 @@ from ..config import Config
 
 SDK_NAME = "langfuse-dq"
 MAX_RETRY_AFTER = 600.0
-MAX_BODY_TEXT = 64 * 1024
+#: Answers are read whole (a 207 for a large batch lists every event); 16 MiB is a sanity bound.
+MAX_BODY_TEXT = 16 << 20
 
 
 @dataclass

@@ -12,7 +12,14 @@ string ``intValue`` as an object.
 from __future__ import annotations
 
 import json
+import math
 import os
+from json.encoder import encode_basestring_ascii
+
+try:
+    from _json import make_encoder as c_make_encoder
+except ImportError:  # pragma: no cover - CPython always has it
+    c_make_encoder = None  # type: ignore[assignment,misc]
 from typing import Any, Optional
 
 from .. import __version__
@@ -25,47 +32,62 @@ STATUS_ERROR = 2
 GENERATION_LIKE = ("generation", "embedding")
 
 _ENC = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+_quote = encode_basestring_ascii
+# One C encoder, built once: json.dumps builds a new one on every call, which dominates the
+# cost of encoding the many small values of a span. Values here are already JSON-safe (they
+# were sanitised at enqueue), so no circularity check is needed.
+_c_encode = (
+    c_make_encoder(None, str, _quote, None, ":", ",", False, False, False)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def _json(value: Any) -> str:
+    """Compact JSON text of an already JSON-safe value."""
+    if _c_encode is not None:
+        try:
+            return "".join(_c_encode(value, 0))
+        except (TypeError, ValueError):
+            pass
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _text(value: Any) -> str:
     """A ``str`` as it is, anything else as compact JSON text."""
-    if isinstance(value, str):
-        return value
-    try:
-        return _ENC.encode(value)
-    except (TypeError, ValueError):
-        return json.dumps(value, default=str)
-
-
-def _value(value: Any) -> dict[str, Any]:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        if -(2**53) < value < 2**53:
-            return {"intValue": value}
-        return {"stringValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, (list, tuple)):
-        return {"arrayValue": {"values": [{"stringValue": str(v)} for v in value]}}
-    return {"stringValue": _text(value)}
+    return value if isinstance(value, str) else _json(value)
 
 
 class _Attrs:
-    __slots__ = ("items",)
+    """Builds the JSON text of an OTLP attribute list, one ``{"key":..,"value":..}`` at a time."""
+
+    __slots__ = ("parts",)
 
     def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
+        self.parts: list[str] = []
+
+    def _add(self, key: str, value_json: str) -> None:
+        self.parts.append('{"key":' + _quote(key) + ',"value":' + value_json + "}")
 
     def put(self, key: str, value: Any) -> None:
         if value is None:
             return
-        self.items.append({"key": key, "value": _value(value)})
+        if isinstance(value, bool):
+            self._add(key, '{"boolValue":true}' if value else '{"boolValue":false}')
+        elif isinstance(value, int) and -(2**53) < value < 2**53:
+            self._add(key, '{"intValue":' + str(value) + "}")
+        elif isinstance(value, float) and math.isfinite(value):
+            self._add(key, '{"doubleValue":' + repr(value) + "}")
+        elif isinstance(value, (list, tuple)):
+            items = ",".join('{"stringValue":' + _quote(str(v)) + "}" for v in value)
+            self._add(key, '{"arrayValue":{"values":[' + items + "]}}")
+        else:
+            self.text(key, value)
 
     def text(self, key: str, value: Any) -> None:
         if value is None:
             return
-        self.items.append({"key": key, "value": {"stringValue": _text(value)}})
+        self._add(key, '{"stringValue":' + _quote(_text(value)) + "}")
 
     def metadata(self, prefix: str, metadata: Any) -> None:
         if metadata is None:
@@ -75,13 +97,14 @@ class _Attrs:
         for key, value in metadata.items():
             self.text(f"{prefix}.{key}", value)
 
+    def json(self) -> str:
+        return ",".join(self.parts)
 
-def span_attributes(span: SpanData) -> list[dict[str, Any]]:
-    """The Langfuse attributes of one span (WIRE §3), trace-level ones included."""
-    f = span.fields
-    tf = span.trace_fields
+
+def trace_attributes(trace_fields: dict[str, Any]) -> str:
+    """Trace-level attributes, the same on every span of a trace (WIRE §3), as JSON items."""
+    tf = trace_fields
     a = _Attrs()
-    # trace-level, on every span
     a.put("langfuse.trace.name", tf.get("name"))
     a.put("user.id", tf.get("userId"))
     a.put("session.id", tf.get("sessionId"))
@@ -91,10 +114,17 @@ def span_attributes(span: SpanData) -> list[dict[str, Any]]:
     if isinstance(tf.get("public"), bool):
         a.put("langfuse.trace.public", tf["public"])
     a.metadata("langfuse.trace.metadata", tf.get("metadata"))
+    return a.json()
+
+
+def observation_attributes(span: SpanData) -> str:
+    """The attributes of the observation itself (WIRE §3), as JSON items."""
+    f = span.fields
+    tf = span.trace_fields
+    a = _Attrs()
     a.put("langfuse.version", f.get("version") or tf.get("version"))
     a.put("langfuse.release", tf.get("release") or f.get("_release"))
     a.put("langfuse.environment", f.get("environment") or tf.get("environment"))
-    # the observation
     a.put("langfuse.observation.type", span.kind)
     a.text("langfuse.observation.input", f.get("input"))
     a.text("langfuse.observation.output", f.get("output"))
@@ -108,9 +138,8 @@ def span_attributes(span: SpanData) -> list[dict[str, Any]]:
     if level and level != "DEFAULT":
         a.put("langfuse.observation.level", level)
     a.put("langfuse.observation.status_message", message)
-    if span.kind in GENERATION_LIKE or any(
-        k in f for k in ("model", "usageDetails", "costDetails")
-    ):
+    generation_like = span.kind in GENERATION_LIKE
+    if generation_like or "model" in f or "usageDetails" in f or "costDetails" in f:
         a.put("langfuse.observation.model.name", f.get("model"))
         if f.get("modelParameters") is not None:
             a.text("langfuse.observation.model.parameters", f["modelParameters"])
@@ -119,39 +148,64 @@ def span_attributes(span: SpanData) -> list[dict[str, Any]]:
         if f.get("costDetails"):
             a.text("langfuse.observation.cost_details", f["costDetails"])
         a.put("langfuse.observation.completion_start_time", f.get("completionStartTime"))
-        if span.kind in GENERATION_LIKE:
+        if generation_like:
             a.put("langfuse.observation.prompt.name", f.get("promptName"))
             if isinstance(f.get("promptVersion"), int):
                 a.put("langfuse.observation.prompt.version", f["promptVersion"])
-    return a.items
+    return a.json()
 
 
-def span_json(span: SpanData) -> dict[str, Any]:
-    """One OTLP/JSON span."""
-    out: dict[str, Any] = {
-        "traceId": span.trace_id,
-        "spanId": span.span_id,
-    }
-    if span.parent_id:
-        out["parentSpanId"] = span.parent_id
-    out["name"] = span.name
-    out["kind"] = SPAN_KIND_INTERNAL
-    out["startTimeUnixNano"] = str(span.start_ns)
-    out["endTimeUnixNano"] = str(span.end_ns)
-    out["attributes"] = span_attributes(span)
+def _status(span: SpanData) -> str:
     if span.fields.get("level") == "ERROR":
-        status: dict[str, Any] = {"code": STATUS_ERROR}
-        if span.fields.get("statusMessage"):
-            status["message"] = str(span.fields["statusMessage"])
-        out["status"] = status
-    else:
-        out["status"] = {}
-    return out
+        message = span.fields.get("statusMessage")
+        if message:
+            return '{"code":' + str(STATUS_ERROR) + ',"message":' + _quote(str(message)) + "}"
+        return '{"code":' + str(STATUS_ERROR) + "}"
+    return "{}"
+
+
+class SpanEncoder:
+    """Encodes spans to OTLP/JSON text, reusing the trace-level part across a trace's spans."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[dict[str, Any], str]] = {}
+
+    def _trace_part(self, trace_fields: dict[str, Any]) -> str:
+        key = id(trace_fields)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is trace_fields:
+            return hit[1]
+        text = trace_attributes(trace_fields)
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[key] = (trace_fields, text)
+        return text
+
+    def encode(self, span: SpanData) -> str:
+        trace_part = self._trace_part(span.trace_fields)
+        obs_part = observation_attributes(span)
+        joined = f"{trace_part},{obs_part}" if trace_part and obs_part else trace_part or obs_part
+        parent = f'"parentSpanId":"{span.parent_id}",' if span.parent_id else ""
+        return (
+            f'{{"traceId":"{span.trace_id}","spanId":"{span.span_id}",{parent}'
+            f'"name":{_quote(span.name)},"kind":{SPAN_KIND_INTERNAL},'
+            f'"startTimeUnixNano":"{span.start_ns}","endTimeUnixNano":"{span.end_ns}",'
+            f'"attributes":[{joined}],"status":{_status(span)}}}'
+        )
+
+
+_DEFAULT_ENCODER = SpanEncoder()
 
 
 def encode_span(span: SpanData) -> str:
-    """The JSON text of one span (requests are assembled from these, see :func:`request_body`)."""
-    return _ENC.encode(span_json(span))
+    """The JSON text of one span (requests are assembled from these, see ``OtlpEncoder``)."""
+    return _DEFAULT_ENCODER.encode(span)
+
+
+def span_json(span: SpanData) -> dict[str, Any]:
+    """One OTLP/JSON span as a dict (for inspection and tests)."""
+    value: dict[str, Any] = json.loads(encode_span(span))
+    return value
 
 
 def _resource(public_key: Optional[str]) -> tuple[str, str]:
