@@ -60,6 +60,8 @@ class EventQueue:
         self._state_lock = threading.Lock()
         self._drops: dict[str, int] = {}
         self._dropped_total = 0
+        #: events this process appended (a flusher is only needed if there were any)
+        self.appended = 0
         self._last_drop_report = 0.0
         self._next_check = 0.0
         self._estimated_bytes = 0
@@ -108,6 +110,7 @@ class EventQueue:
             self._drop(self._degraded or "disk_error")
             return False
         self._estimated_bytes += len(line)
+        self.appended += 1
         if self._logged_reason is not None:
             self._log_recovered()
         return True

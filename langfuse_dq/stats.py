@@ -67,6 +67,7 @@ def empty_stats(queue_dir: str, error: Optional[str] = None) -> dict[str, Any]:
         "last_error": error,
         "last_error_at": None,
         "auth_error": None,
+        "auth_error_at": None,
     }
 
 
@@ -133,6 +134,11 @@ def queue_stats(qd: QueueDir) -> dict[str, Any]:
             dropped_by_reason[name[len("dropped:") :]] = value
     for reason, n in dropped_unread.items():
         dropped_by_reason[reason] = dropped_by_reason.get(reason, 0) + n
+    # An authentication error counts until the server accepts a request again.
+    current_auth = auth_error if isinstance(auth_error, dict) else None
+    if current_auth and isinstance(last_success, (int, float)):
+        if float(current_auth.get("at") or 0) < last_success:
+            current_auth = None
     batches, _unreadable = list_batches(qd)
     pid, alive = flusher_info(qd)
 
@@ -153,7 +159,8 @@ def queue_stats(qd: QueueDir) -> dict[str, Any]:
         last_success_at=_iso(last_success),
         last_error=last_error.get("message") if isinstance(last_error, dict) else None,
         last_error_at=_iso(last_error.get("at")) if isinstance(last_error, dict) else None,
-        auth_error=auth_error.get("message") if isinstance(auth_error, dict) else None,
+        auth_error=current_auth.get("message") if current_auth else None,
+        auth_error_at=_iso(current_auth.get("at")) if current_auth else None,
     )
     for name in ("torn_lines", "corrupt_lines", "corrupt_segments"):
         if counters.get(name):
