@@ -28,10 +28,17 @@ _SCRIPT = Path(sys.executable).with_name("langfuse-dq")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "langfuse_dq"]
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run ``langfuse-dq ARGS`` without a terminal (as cron would)."""
     return subprocess.run(
-        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [*CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -154,7 +161,9 @@ def test_quarantine_list_show_retry_and_purge(
     listed = json.loads(run_cli("quarantine", "list", "--json", env=env).stdout)
     assert len(listed) >= 1 and sum(b["events"] for b in listed) == 10
     for batch in listed:
-        assert {"id", "events", "reason", "status", "first_failure_at", "last_failure_at"} <= set(batch)
+        assert {"id", "events", "reason", "status", "first_failure_at", "last_failure_at"} <= set(
+            batch
+        )
         assert batch["status"] == 400
     human = run_cli("quarantine", "list", env=env)
     assert human.returncode == 0 and listed[0]["id"] in human.stdout
@@ -177,12 +186,16 @@ def test_quarantine_list_show_retry_and_purge(
     run_python(code.replace("bad-", "worse-"), env)
     server.faults(reject_names=["worse-"])
     assert run_cli("flush", "--timeout", "30", env=env).returncode == 1
-    assert "purged 0" in run_cli("quarantine", "purge", "--all", "--older-than", "7d", env=env).stdout
+    assert (
+        "purged 0" in run_cli("quarantine", "purge", "--all", "--older-than", "7d", env=env).stdout
+    )
     assert "purged" in run_cli("quarantine", "purge", "--all", env=env).stdout
     assert json.loads(run_cli("quarantine", "list", "--json", env=env).stdout) == []
 
 
-def test_status_formats_and_max_age_alert(queue_dir: str, server: Server, client_env: dict[str, str]) -> None:
+def test_status_formats_and_max_age_alert(
+    queue_dir: str, server: Server, client_env: dict[str, str]
+) -> None:
     env = {**client_env, "LANGFUSE_DQ_AUTOSPAWN": "0"}
     fill_queue(env, 2)
     time.sleep(1.2)
@@ -212,9 +225,11 @@ def test_worker_stopped_with_sigterm_mid_drain_loses_nothing(
     env = {**client_env, "LANGFUSE_DQ_AUTOSPAWN": "0", "LANGFUSE_BATCH_SIZE": "50"}
     fill_queue(env, 500, spans_per_trace=1)
     server.faults(delay=0.05)
-    worker = subprocess.Popen([*CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker = subprocess.Popen(
+        [*CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
-        wait_for(lambda: 0 < len(server.spans()), 30, what="the worker to deliver")
+        wait_for(lambda: len(server.spans()) > 0, 30, what="the worker to deliver")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
     finally:
@@ -241,7 +256,9 @@ def test_check_reports_ok_bad_keys_wrong_host_and_unreachable(
     server.faults(keys=None)
     wrong = run_cli("check", env={**client_env, "LANGFUSE_BASE_URL": server.url + "/not-langfuse"})
     assert wrong.returncode == 3 and "404" in wrong.stderr
-    down = run_cli("check", "--timeout", "2", env={**client_env, "LANGFUSE_BASE_URL": "http://127.0.0.1:9"})
+    down = run_cli(
+        "check", "--timeout", "2", env={**client_env, "LANGFUSE_BASE_URL": "http://127.0.0.1:9"}
+    )
     assert down.returncode == 3 and "connection refused" in down.stderr
     no_keys = run_cli("check", env=clean_env(LANGFUSE_BASE_URL=server.url))
     assert no_keys.returncode == 3
@@ -315,12 +332,16 @@ def test_dev_server_stores_what_the_official_sdk_5_0_4_sends(tmp_path: Path) -> 
             clean_env(URL=url),
             timeout=90,
         )
-        wait_for(lambda: store.exists() and store.read_text().count("\n") >= 3, 20, what="official data")
+        wait_for(
+            lambda: store.exists() and store.read_text().count("\n") >= 3, 20, what="official data"
+        )
         stored = [json.loads(x) for x in store.read_text().splitlines()]
         names = {r["span"]["name"] for r in stored if r["kind"] == "span"}
         assert names == {"official-root", "official-gen"}
         assert any(r["kind"] in ("score", "event") for r in stored), "the score arrived too"
-        gen = next(r["span"] for r in stored if r["kind"] == "span" and r["span"]["name"] == "official-gen")
+        gen = next(
+            r["span"] for r in stored if r["kind"] == "span" and r["span"]["name"] == "official-gen"
+        )
         assert len(gen["traceId"]) == 32 and len(gen["spanId"]) == 16, "protobuf ids decoded to hex"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -332,7 +353,13 @@ def test_dev_server_stores_what_the_official_sdk_5_0_4_sends(tmp_path: Path) -> 
 def test_demo_exits_0_and_prints_its_summary(tmp_path: Path) -> None:
     out = run_cli("demo", "--writers", "3", "--requests", "100", env=clean_env(), timeout=170)
     assert out.returncode == 0, out.stdout + out.stderr
-    for label in ("events written", "delivered", "duplicates      0", "received spans", "all delivered"):
+    for label in (
+        "events written",
+        "delivered",
+        "duplicates      0",
+        "received spans",
+        "all delivered",
+    ):
         assert label in out.stdout
     store = out.stdout.split("received spans  ")[1].split()[0]
     assert os.path.exists(store)
