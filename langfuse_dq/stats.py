@@ -136,9 +136,12 @@ def queue_stats(qd: QueueDir) -> dict[str, Any]:
         dropped_by_reason[reason] = dropped_by_reason.get(reason, 0) + n
     # An authentication error counts until the server accepts a request again.
     current_auth = auth_error if isinstance(auth_error, dict) else None
-    if current_auth and isinstance(last_success, (int, float)):
-        if float(current_auth.get("at") or 0) < last_success:
-            current_auth = None
+    if (
+        current_auth
+        and isinstance(last_success, (int, float))
+        and float(current_auth.get("at") or 0) < last_success
+    ):
+        current_auth = None
     batches, _unreadable = list_batches(qd)
     pid, alive = flusher_info(qd)
 
