@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from .journal import JournalWriter
-from .queuedir import QueueDir, write_file_atomic
+from .queuedir import QueueDir, move_aside, write_file_atomic
 from .timeutil import iso_from_ns, ns_from_iso
 
 SUFFIX = ".json"
@@ -89,6 +89,35 @@ def _load_file(path: str) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("events"), list):
         raise ValueError("not a quarantine batch")
     return record
+
+
+def salvage(qd: QueueDir) -> list[str]:
+    """Move unreadable quarantine files (half-written, truncated, garbage) and leftovers of
+    interrupted writes into ``corrupt-<timestamp>/``; returns the names moved."""
+    moved: list[str] = []
+    try:
+        names = sorted(os.listdir(qd.quarantine))
+    except FileNotFoundError:
+        return moved
+    for name in names:
+        path = os.path.join(qd.quarantine, name)
+        if name.startswith(".") and name.endswith(".tmp"):
+            bad = True  # an atomic write that never finished
+        elif name.endswith(SUFFIX):
+            try:
+                _load_file(path)
+                bad = False
+            except (OSError, ValueError):
+                bad = True
+        else:
+            bad = False
+        if bad:
+            try:
+                move_aside(qd, path)
+                moved.append(name)
+            except OSError:
+                continue
+    return moved
 
 
 def list_batches(qd: QueueDir) -> tuple[list[dict[str, Any]], list[str]]:

@@ -173,10 +173,12 @@ class EventQueue:
                     self._dropped_total += lost
                 log.error(
                     "langfuse-dq: queue directory %s (or its journal) was removed while in use; "
-                    "%d events written since the last check were lost; writing a new segment",
+                    "%d events written since the last check were lost; recreating it",
                     self.root,
                     lost,
                 )
+                self._logged_reason = "queue_dir_removed"  # one error for this episode
+                self._recover(now)
         if self._drops and now - self._last_drop_report >= DROP_REPORT_INTERVAL:
             self.report_drops()
 

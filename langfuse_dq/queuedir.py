@@ -10,7 +10,7 @@ Layout (format version 1)::
       state/                     diskcache.Cache (eviction_policy='none'): the flusher's books:
                                  read cursors, folded open traces, counters, flush receipts
       quarantine/                one JSON file per rejected batch; see quarantine.py
-      corrupt-<UTC timestamp>/   damaged files moved aside, never deleted silently
+      corrupt-<UTC timestamp>/   damaged files moved aside (never deleted), counted by status
       flusher.lock               filelock held by the one live flusher for its whole life
       flusher.json               the live flusher's pid and start time; mtime = heartbeat
       flusher.log                the flusher's log (stdout and stderr)
@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 LAYOUT_VERSION = "1"
@@ -113,6 +114,8 @@ def open_queue_dir(root: str, create: bool = True) -> QueueDir:
                 _make_dir(sub)
             if not os.path.exists(qd.version_path):
                 write_file_atomic(qd.version_path, (LAYOUT_VERSION + "\n").encode())
+            # The lock file is made here, private, before filelock ever opens it.
+            _touch_private(qd.lock_path)
         elif not os.path.isdir(root):
             raise QueueDirError(errno.ENOENT, f"queue directory {root} does not exist")
         else:
@@ -124,6 +127,11 @@ def open_queue_dir(root: str, create: bool = True) -> QueueDir:
                 )
             raise QueueDirError(errno.EACCES, f"queue directory {root} is not writable")
         version = _read_version(qd)
+        if version is not None and not version.isdigit() and create:
+            # Garbage, not a layout we do not know: keep it for inspection, write ours.
+            move_aside(qd, qd.version_path)
+            write_file_atomic(qd.version_path, (LAYOUT_VERSION + "\n").encode())
+            version = LAYOUT_VERSION
         if version is not None and version != LAYOUT_VERSION:
             raise QueueDirError(
                 errno.EINVAL,
@@ -139,12 +147,57 @@ def open_queue_dir(root: str, create: bool = True) -> QueueDir:
     return qd
 
 
+def _touch_private(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _read_version(qd: QueueDir) -> str | None:
     try:
         with open(qd.version_path, encoding="ascii", errors="replace") as fh:
             return fh.read().strip() or None
     except FileNotFoundError:
         return None
+
+
+def corrupt_dir(qd: QueueDir) -> str:
+    """A new ``corrupt-<UTC timestamp>`` directory for damaged files of this run."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = os.path.join(qd.root, f"corrupt-{stamp}")
+    os.makedirs(path, DIR_MODE, exist_ok=True)
+    return path
+
+
+def move_aside(qd: QueueDir, path: str) -> str:
+    """Move a damaged file or directory into ``corrupt-<timestamp>/``; returns where it went.
+
+    Nothing damaged is deleted: a person can look at it (or salvage it) later.
+    """
+    target_dir = corrupt_dir(qd)
+    target = os.path.join(target_dir, os.path.basename(path))
+    if os.path.exists(target):
+        target = f"{target}.{os.urandom(3).hex()}"
+    os.replace(path, target)
+    return target
+
+
+def count_corrupt(qd: QueueDir) -> int:
+    """Damaged files moved aside so far (status reports them)."""
+    total = 0
+    try:
+        entries = list(os.scandir(qd.root))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith("corrupt-") and entry.is_dir(follow_symlinks=False):
+            try:
+                total += len(os.listdir(entry.path))
+            except OSError:
+                continue
+    return total
 
 
 def write_file_atomic(path: str, data: bytes, fsync: bool = True) -> None:

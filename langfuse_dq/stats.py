@@ -17,7 +17,7 @@ from typing import Any, Optional
 from .config import Config
 from .journal import list_segments, scan_tail
 from .quarantine import list_batches
-from .queuedir import QueueDir, QueueDirError, open_queue_dir
+from .queuedir import QueueDir, QueueDirError, count_corrupt, open_queue_dir
 from .spawn import flusher_info
 from .state import FlusherState
 from .timeutil import iso_from_ns
@@ -165,7 +165,10 @@ def queue_stats(qd: QueueDir) -> dict[str, Any]:
         auth_error=current_auth.get("message") if current_auth else None,
         auth_error_at=_iso(current_auth.get("at")) if current_auth else None,
     )
-    for name in ("torn_lines", "corrupt_lines", "corrupt_segments"):
+    corrupt = count_corrupt(qd)
+    if corrupt:
+        out["corrupt_files"] = corrupt
+    for name in ("torn_lines", "corrupt_lines", "corrupt_segments", "corrupt_state"):
         if counters.get(name):
             out[name] = counters[name]
     return out

@@ -15,6 +15,7 @@ from ..quarantine import (
     load_batch,
     purge_batches,
     retry_batches,
+    salvage,
 )
 from ..spawn import FlusherSupervisor
 from .common import EXIT_FAILED, CliError, common_options, load_config, open_dir
@@ -31,6 +32,11 @@ def quarantine() -> None:
 def list_command(queue_dir: Optional[str], debug: bool, as_json: bool) -> None:
     """List quarantined batches: id, events, first/last failure, reason."""
     qd = open_dir(load_config(queue_dir))
+    for name in salvage(qd):
+        click.echo(
+            f"langfuse-dq: quarantine file {name} was unreadable; moved to corrupt-*/ in {qd.root}",
+            err=True,
+        )
     batches, unreadable = list_batches(qd)
     if as_json:
         click.echo(json.dumps(batches, indent=2))

@@ -86,7 +86,13 @@ def human_text(stats: dict[str, Any]) -> str:
     ]
     if stats.get("auth_error"):
         rows.append(("auth error", stats["auth_error"]))
-    for extra in ("torn_lines", "corrupt_lines", "corrupt_segments", "corrupt_files"):
+    for extra in (
+        "torn_lines",
+        "corrupt_lines",
+        "corrupt_segments",
+        "corrupt_state",
+        "corrupt_files",
+    ):
         if stats.get(extra):
             rows.append((extra.replace("_", " "), stats[extra]))
     width = max(len(label) for label, _ in rows)
