@@ -78,7 +78,8 @@ def test_a_garbage_version_file_is_moved_aside_not_a_reason_to_stop_recording(
     )
     lf2.trace(name="after")
     lf2.shutdown()
-    assert [e["body"]["name"] for e in journal_events(queue_dir)] == ["before", "after"]
+    events = sorted(journal_events(queue_dir), key=lambda e: e["_t"])
+    assert [e["body"]["name"] for e in events] == ["before", "after"]
     assert Path(queue_dir, "VERSION").read_text().strip() == "1"
     assert any(p.name == "VERSION" for d in Path(queue_dir).glob("corrupt-*") for p in d.iterdir())
 
