@@ -8,6 +8,8 @@ or quarantining what it refuses. See the README for the guarantees and their lim
 __version__ = "0.1.0"
 
 from .client import Langfuse, get_client
+from .context import as_current
+from .decorators import observe
 from .fields import Usage
 from .observations import Event, Generation, Score, Span, Trace
 
@@ -20,5 +22,7 @@ __all__ = [
     "Trace",
     "Usage",
     "__version__",
+    "as_current",
     "get_client",
+    "observe",
 ]

@@ -8,6 +8,7 @@ raising for a disk or server problem: such failures are logged once and counted.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -128,6 +129,11 @@ class Langfuse:
             if cfg.autospawn and self._queue.qd is not None:
                 self._supervisor = FlusherSupervisor(cfg, self._queue.qd)
             _register_atexit(self)
+        self._captured = False
+        _instances.add(self)
+        hook = _on_new_client
+        if hook is not None:
+            hook(self)
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -229,7 +235,7 @@ class Langfuse:
         Returns True when all of them were accepted by the server, False on timeout or when
         some were quarantined. Whatever is not delivered stays safely on disk.
         """
-        if not self._active or self._queue is None:
+        if not self._active or self._queue is None or self._captured:
             return True
         from .delivery import wait_for_flush  # noqa: PLC0415 (keeps requests out of import time)
 
@@ -247,8 +253,10 @@ class Langfuse:
         deadline = time.monotonic() + timeout
         try:
             self._queue.close()
-            if self._supervisor is not None and time.monotonic() < deadline:
-                self._supervisor.check(background=False)
+            wrote = self._queue.appended > 0
+            left = deadline - time.monotonic()
+            if wrote and self._supervisor is not None and left > 0:
+                self._supervisor.check(background=False, wait=left)
         except Exception as exc:  # noqa: BLE001 (shutdown runs in atexit: it must not raise)
             log.debug("langfuse-dq: shutdown: %s", exc)
 
@@ -257,6 +265,26 @@ class Langfuse:
         from .stats import collect_stats  # noqa: PLC0415 (keeps requests out of import time)
 
         return collect_stats(self.config)
+
+    # -- capture (used by the pytest plugin, langfuse_dq.testing) ----------------------------
+
+    def _capture_into(self, queue: EventQueue) -> Callable[[], None]:
+        """Record everything into ``queue`` (sampling off, no flusher, nothing sent) until the
+        returned function is called. Lets the pytest plugin redirect clients built anywhere.
+        """
+        saved = (self.config, self._active, self._queue, self._supervisor, self._sample_bound)
+        self.config = dataclasses.replace(
+            self.config, queue_dir=queue.root, autospawn=False, enabled=True, sample_rate=1.0
+        )
+        self._active, self._queue, self._supervisor = True, queue, None
+        self._sample_bound = _SAMPLE_SPACE
+        self._captured = True
+
+        def restore() -> None:
+            self.config, self._active, self._queue, self._supervisor, self._sample_bound = saved
+            self._captured = False
+
+        return restore
 
     # -- internals used by the observation objects -------------------------------------------
 
@@ -444,12 +472,45 @@ class Langfuse:
                 exc,
             )
 
+    # -- public API: the current trace and observation (see context.py, decorators.py) --------
+
+    def current_trace(self) -> Trace | None:
+        """The trace current in this thread or asyncio task (``@observe``, ``as_current``).
+
+        None outside any trace. It may belong to another client when several are in use.
+        """
+        from .context import current_trace  # noqa: PLC0415 (context imports observations)
+
+        return current_trace()
+
+    def current_observation(self) -> Span | Generation | None:
+        """The innermost current span or generation (made by ``@observe``), or None."""
+        from .context import current_observation  # noqa: PLC0415
+
+        return current_observation()
+
+    def update_current_trace(self, **kwargs: Any) -> None:
+        """``current_trace().update(**kwargs)``, or nothing when no trace is current."""
+        trace = self.current_trace()
+        if trace is not None:
+            trace.update(**kwargs)
+
+    def update_current_observation(self, **kwargs: Any) -> None:
+        """``current_observation().update(**kwargs)``, or nothing when none is current."""
+        observation = self.current_observation()
+        if observation is not None:
+            observation.update(**kwargs)
+
 
 # --- process-wide default client and exit hook ---------------------------------------------
 
 _default: Optional[Langfuse] = None
 _default_lock = threading.Lock()
 _clients: weakref.WeakSet[Langfuse] = weakref.WeakSet()
+#: Every client ever built in this process, and a hook called with each new one: both for
+#: ``langfuse_dq.testing``, which redirects them all while its fixture is active.
+_instances: weakref.WeakSet[Langfuse] = weakref.WeakSet()
+_on_new_client: Optional[Callable[[Langfuse], None]] = None
 _atexit_registered = False
 
 

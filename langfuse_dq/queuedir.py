@@ -116,6 +116,8 @@ def open_queue_dir(root: str, create: bool = True) -> QueueDir:
                 write_file_atomic(qd.version_path, (LAYOUT_VERSION + "\n").encode())
             # The lock file is made here, private, before filelock ever opens it.
             _touch_private(qd.lock_path)
+        elif os.path.lexists(root) and not os.path.isdir(root):
+            raise QueueDirError(errno.ENOTDIR, f"{root} is not a directory")
         elif not os.path.isdir(root):
             raise QueueDirError(errno.ENOENT, f"queue directory {root} does not exist")
         else:

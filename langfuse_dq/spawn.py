@@ -62,7 +62,7 @@ def lock_is_held(qd: QueueDir) -> bool:
     """True when some process holds the flusher lock (a flusher, ``worker`` or ``flush``)."""
     if not os.path.exists(qd.lock_path):
         return False
-    lock = filelock.FileLock(qd.lock_path, timeout=0)
+    lock = filelock.FileLock(qd.lock_path, timeout=0, mode=FILE_MODE)
     try:
         lock.acquire(blocking=False)
     except filelock.Timeout:
@@ -137,11 +137,14 @@ _LAUNCHER = (
 LAUNCH_TIMEOUT = 10.0
 
 
-def spawn_flusher(config: Config, qd: QueueDir) -> None:
+def spawn_flusher(
+    config: Config, qd: QueueDir, wait: float = LAUNCH_TIMEOUT
+) -> Optional[subprocess.Popen[bytes]]:
     """Start a detached flusher for ``qd`` (double fork through a tiny launcher).
 
-    The secret key travels in the environment, never in argv. Raises ``OSError`` when the
-    launcher cannot run.
+    The secret key travels in the environment, never in argv. Waits up to ``wait`` seconds
+    for the launcher to exit; returns it if it has not yet (reap it later with ``poll()``).
+    Raises ``OSError`` when the launcher cannot run.
     """
     log_fd = open_log(qd)
     try:
@@ -158,13 +161,12 @@ def spawn_flusher(config: Config, qd: QueueDir) -> None:
     finally:
         os.close(log_fd)
     try:
-        code = launcher.wait(timeout=LAUNCH_TIMEOUT)
+        code = launcher.wait(timeout=wait)
     except subprocess.TimeoutExpired:
-        launcher.kill()
-        launcher.wait()
-        raise OSError("the flusher launcher did not return") from None
+        return launcher  # still starting the flusher; the caller reaps it later
     if code != 0:
         raise OSError(f"the flusher launcher exited with status {code}; see {qd.log_path}")
+    return None
 
 
 class FlusherSupervisor:
@@ -176,12 +178,14 @@ class FlusherSupervisor:
         self.next_check = 0.0
         self._lock = threading.Lock()
         self._spawning = False
+        self._launchers: list[subprocess.Popen[bytes]] = []
         self._last_error_logged = 0.0
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_child)
 
     def _after_fork_child(self) -> None:
         self._lock = threading.Lock()
+        self._launchers = []
         self._spawning = False
         self.next_check = 0.0
 
@@ -199,8 +203,12 @@ class FlusherSupervisor:
         except OSError:
             return None
 
-    def check(self, background: bool = False) -> bool:
-        """Spawn a flusher if none is alive. True when one is alive or being started."""
+    def check(self, background: bool = False, wait: float = LAUNCH_TIMEOUT) -> bool:
+        """Spawn a flusher if none is alive. True when one is alive or being started.
+
+        ``wait`` bounds how long a foreground spawn waits for its launcher.
+        """
+        self._reap()
         age = self.heartbeat_age()
         if age is not None and abs(age) < HEARTBEAT_STALE:
             return True
@@ -218,7 +226,11 @@ class FlusherSupervisor:
         if background:
             threading.Thread(target=self._spawn, name="langfuse-dq-spawn", daemon=True).start()
             return True
-        return self._spawn()
+        return self._spawn(wait)
+
+    def _reap(self) -> None:
+        with self._lock:
+            self._launchers = [p for p in self._launchers if p.poll() is None]
 
     def _recently_spawned(self) -> bool:
         try:
@@ -227,9 +239,12 @@ class FlusherSupervisor:
             return False
         return 0 <= age < SPAWN_GRACE
 
-    def _spawn(self) -> bool:
+    def _spawn(self, wait: float = LAUNCH_TIMEOUT) -> bool:
         try:
-            spawn_flusher(self.config, self.qd)
+            launcher = spawn_flusher(self.config, self.qd, wait)
+            if launcher is not None:
+                with self._lock:
+                    self._launchers.append(launcher)
         except OSError as exc:
             now = time.monotonic()
             if now - self._last_error_logged > 60:

@@ -102,13 +102,21 @@ def _alive(pid: int) -> bool:
 
 
 def flusher_pid(queue_dir: str) -> Optional[int]:
-    """The pid in the queue directory's heartbeat file, if that process is alive."""
+    """The pid of the flusher process of ``queue_dir``, if one is alive and holds the lock.
+
+    Never this process: a test that flushed in-process leaves its own pid in the heartbeat.
+    """
     try:
         with open(os.path.join(queue_dir, "flusher.json"), encoding="utf-8") as fh:
             pid = json.load(fh).get("pid")
     except (OSError, ValueError):
         return None
-    return pid if isinstance(pid, int) and _alive(pid) else None
+    if not isinstance(pid, int) or pid == os.getpid() or not _alive(pid):
+        return None
+    from langfuse_dq.queuedir import QueueDir
+    from langfuse_dq.spawn import lock_is_held
+
+    return pid if lock_is_held(QueueDir(queue_dir)) else None
 
 
 def stop_flusher(queue_dir: str) -> None:
@@ -285,3 +293,86 @@ def queue_stats(queue_dir: str) -> dict[str, Any]:
     from langfuse_dq.stats import queue_stats as collect
 
     return collect(open_queue_dir(queue_dir, create=False))
+
+
+# --- integration tests: processes of a server, what reached the test server -----------------
+
+
+def marked_processes(name: str, value: str) -> list[int]:
+    """Live (non-zombie) processes whose environment has ``name=value``: a process tree started
+    with a unique marker can be found again, even after its members were re-parented."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def zombie_children(pid: int) -> list[int]:
+    """Children of ``pid`` that exited and were not reaped."""
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] == b"Z":
+            zombies.append(int(entry))
+    return zombies
+
+
+def spans_by_trace(server: Server) -> dict[str, list[dict[str, Any]]]:
+    """Delivered spans grouped by trace id."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for span in server.spans():
+        out.setdefault(span["traceId"], []).append(span)
+    return out
+
+
+def delivered_trace_names(server: Server) -> dict[str, set[str]]:
+    """Trace name -> names of the spans delivered for it (the root span carries the trace name)."""
+    out: dict[str, set[str]] = {}
+    for spans in spans_by_trace(server).values():
+        names = {s["attrs"].get("langfuse.trace.name") for s in spans} - {None}
+        for trace_name in names:
+            out.setdefault(str(trace_name), set()).update(s["name"] for s in spans)
+    return out
+
+
+def record_trace_with_default_client(i: int) -> int:
+    """A pool task (spawn start method): a trace with a span and a generation, default client."""
+    from langfuse_dq import get_client
+
+    lf = get_client()
+    trace = lf.trace(name=f"spawned-{i}", input={"i": i})
+    with trace.span(name=f"spawned-{i}-span") as span:
+        span.generation(name=f"spawned-{i}-gen", model="m").end(output="ok")
+    return os.getpid()
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (zombies included)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
+            found.append(int(entry))
+    return found
