@@ -96,13 +96,15 @@ class Outcome:
 
 
 def _fold(base: dict[str, Any], body: dict[str, Any]) -> None:
-    for key, value in body.items():
-        if key == "metadata" and isinstance(value, dict) and isinstance(base.get("metadata"), dict):
-            merged = dict(base["metadata"])
-            merged.update(value)
+    """Apply ``body`` over ``base``: each field is replaced, ``metadata`` merged per key."""
+    old_metadata = base.get("metadata")
+    base.update(body)
+    if isinstance(old_metadata, dict):
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict):
+            merged = dict(old_metadata)
+            merged.update(metadata)
             base["metadata"] = merged
-        else:
-            base[key] = value
 
 
 def _order(event: dict[str, Any]) -> tuple[int, int, str]:
@@ -110,12 +112,26 @@ def _order(event: dict[str, Any]) -> tuple[int, int, str]:
     return (int(event.get("_t", 0)), kind, str(event.get("id")))
 
 
+def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` sorted by :func:`_order`; most often they already are, by time alone."""
+    previous = -1
+    for event in events:
+        t = event.get("_t", 0)
+        if not isinstance(t, int) or t <= previous:
+            return sorted(events, key=_order)
+        previous = t
+    return events
+
+
 def fold_trace(base: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
     """Trace fields after applying ``events`` (trace-create envelopes) in time order."""
     fields = dict(base)
-    for event in sorted(events, key=_order):
+    for event in _in_order(events):
         body = event.get("body") or {}
-        _fold(fields, {k: v for k, v in body.items() if k != "id"})
+        if "id" in body:
+            body = dict(body)
+            del body["id"]
+        _fold(fields, body)
         if "release" not in fields and event.get("_r"):
             fields["release"] = event["_r"]
     return fields
@@ -130,11 +146,32 @@ def fold_observation(events: list[dict[str, Any]]) -> tuple[str, bool, dict[str,
         if event.get("_r"):
             fields["_release"] = event["_r"]
         return this_kind or "span", action == "create", fields
+    if len(events) == 2:
+        first, second = events
+        first_t, second_t = first.get("_t", 0), second.get("_t", 0)
+        first_type = first.get("type", "")
+        if (
+            isinstance(first_t, int)
+            and isinstance(second_t, int)
+            and first_t < second_t
+            and isinstance(first_type, str)
+            and first_type.endswith("-create")
+            and len(first_type) > len("-create")
+            and str(first.get("id")) != str(second.get("id"))
+        ):
+            # A create and a later update (the usual pair): what the loop below does for them.
+            fields = dict(first.get("body") or {})
+            if first.get("_r") and "_release" not in fields:
+                fields["_release"] = first["_r"]
+            _fold(fields, second.get("body") or {})
+            if second.get("_r") and "_release" not in fields:
+                fields["_release"] = second["_r"]
+            return first_type[: -len("-create")], True, fields
     kind = ""
     has_create = False
     fields = {}
     seen: set[str] = set()
-    for event in sorted(events, key=_order):
+    for event in _in_order(events):
         event_id = str(event.get("id"))
         if event_id in seen:  # the same event queued twice (a quarantine retry)
             continue
@@ -150,6 +187,17 @@ def fold_observation(events: list[dict[str, Any]]) -> tuple[str, bool, dict[str,
         if event.get("_r") and "_release" not in fields:
             fields["_release"] = event["_r"]
     return kind or "span", has_create, fields
+
+
+def _settling(events: list[dict[str, Any]]) -> bool:
+    """Do these events hold a create and an end? (Such an observation only waits for time.)"""
+    created = ended = False
+    for event in events:
+        if str(event.get("type", "")).endswith("-create"):
+            created = True
+        if "endTime" in (event.get("body") or {}):
+            ended = True
+    return created and ended
 
 
 def _ns(value: Any, default: int) -> int:
@@ -286,6 +334,7 @@ class Assembler:
         #: traces whose persisted record must be rewritten at the next commit
         self.to_persist: dict[str, TraceBuf] = {}
         self._changed: set[str] = set()
+        self._deferred: list[str] = []
         self._timers: list[tuple[int, str]] = []
         self._last_open_scan = 0
         self.held = 0
@@ -353,18 +402,28 @@ class Assembler:
     # -- intake ----------------------------------------------------------------------------
 
     def add(self, event: dict[str, Any]) -> None:
-        """Fold one queued event (not a score) into its trace."""
+        """Fold one queued event (not a score) into its trace.
+
+        Events carry ``_t``, their time stamp (int nanoseconds), as the flusher makes sure.
+        """
         etype = event.get("type")
         body = event.get("body") or {}
-        t = int(event.get("_t", 0))
+        t = event.get("_t", 0)
         if etype == "trace-create":
-            buf = self._buf(str(body.get("id")))
+            trace_id = str(body.get("id"))
+            buf = self.active.get(trace_id) or self._buf(trace_id)
             buf.trace_events.append(event)
             buf.folded = None
             buf.needs_root = True
         else:
-            buf = self._buf(str(body.get("traceId")))
-            buf.obs.setdefault(str(body.get("id")), []).append(event)
+            trace_id = str(body.get("traceId"))
+            buf = self.active.get(trace_id) or self._buf(trace_id)
+            obs_id = str(body.get("id"))
+            events = buf.obs.get(obs_id)
+            if events is None:
+                buf.obs[obs_id] = [event]
+            else:
+                events.append(event)
             if etype != "event-create" and "endTime" not in body:
                 buf.open_obs = True
             if str(etype).endswith("-create") and not body.get("parentObservationId"):
@@ -376,19 +435,27 @@ class Assembler:
         if t > buf.last_ns:
             buf.last_ns = t
         self.held += 1
-        self._changed.add(buf.id)
+        self._changed.add(trace_id)
 
     # -- decisions -------------------------------------------------------------------------
 
     def collect(
-        self, watermark_ns: int, now_ns: int, forced_ns: int, everything: bool = False
+        self,
+        watermark_ns: int,
+        now_ns: int,
+        forced_ns: int,
+        everything: bool = False,
+        limit: Optional[int] = None,
     ) -> Outcome:
-        """Everything exportable now.
+        """Everything exportable now (or, with ``limit``, about that many items of it).
 
         ``watermark_ns``: every journal line stamped before it has been read.
         ``forced_ns``: events stamped at or before it are exported without waiting (a flush
         marker the watermark has passed); 0 for none. ``everything``: look at every trace
         (a marker came due), not only those that changed or whose timer is due.
+        ``limit``: stop looking at traces once this many items are ready; the traces not
+        looked at yet are looked at first by the next call (see :attr:`deferred`). This keeps
+        a large backlog coming due at once (the end of a drain) from stalling the sending.
         """
         out = Outcome()
         due = self._changed
@@ -400,8 +467,17 @@ class Assembler:
         elif now_ns - self._last_open_scan >= OPEN_CHECK_NS:
             self._last_open_scan = now_ns
             due.update(tid for tid, buf in self.active.items() if buf.open_obs)
-        self._check(list(due))
-        for trace_id in due:
+        if self._deferred:
+            due.difference_update(self._deferred)
+            order = self._deferred + list(due)
+            self._deferred = []
+        else:
+            order = list(due)
+        self._check(order)
+        for index, trace_id in enumerate(order):
+            if limit is not None and len(out.ready) >= limit:
+                self._deferred = order[index:]
+                break
             buf = self.active.get(trace_id)
             if buf is None:
                 continue
@@ -409,6 +485,11 @@ class Assembler:
             if wake:
                 heapq.heappush(self._timers, (wake, trace_id))
         return out
+
+    @property
+    def deferred(self) -> int:
+        """Traces due but not looked at yet (a ``collect`` stopped at its limit)."""
+        return len(self._deferred)
 
     def _examine(
         self, buf: TraceBuf, watermark_ns: int, now_ns: int, forced_ns: int, out: Outcome
@@ -439,18 +520,33 @@ class Assembler:
     ) -> int:
         wake = 0
         still_open = False
-        for obs_id, events in list(buf.obs.items()):
-            kind, has_create, fields = fold_observation(events)
-            last = max(int(e.get("_t", 0)) for e in events)
-            settle_at = last + self.grace_ns
+        grace_ns = self.grace_ns
+        done: list[str] = []  # exported or dropped: forgotten after the loop
+        for obs_id, events in buf.obs.items():
+            if len(events) == 1:
+                last = events[0].get("_t", 0)
+            elif len(events) == 2:
+                last = events[0].get("_t", 0)
+                second = events[1].get("_t", 0)
+                if second > last:
+                    last = second
+            else:
+                last = max([e.get("_t", 0) for e in events])
+            settle_at = last + grace_ns
             settled = watermark_ns >= settle_at or bool(forced_ns and last <= forced_ns)
+            if not settled and _settling(events):
+                # Created and ended: it only waits for the grace period (the common case in
+                # a backlog, where it is looked at again as more of its trace is read).
+                wake = min(wake, settle_at) if wake else settle_at
+                continue
+            kind, has_create, fields = fold_observation(events)
             ended = kind == "event" or "endTime" in fields
             warning: Optional[str] = None
             if not has_create:
                 orphan_at = last + ORPHAN_WAIT_NS
                 if watermark_ns >= orphan_at:
                     out.dropped.setdefault("orphan_update", []).extend(events)
-                    self._forget(buf, obs_id)
+                    done.append(obs_id)
                 else:
                     wake = min(wake, orphan_at) if wake else orphan_at
                 continue
@@ -478,6 +574,8 @@ class Assembler:
                 wake = min(wake, settle_at) if wake else settle_at
                 continue
             out.ready.append(self._observation(buf, obs_id, kind, fields, events, warning))
+            done.append(obs_id)
+        for obs_id in done:
             self._forget(buf, obs_id)
         buf.open_obs = still_open
         return wake
@@ -496,9 +594,7 @@ class Assembler:
         warning: Optional[str],
     ) -> Ready:
         first_t = (
-            int(events[0].get("_t", 0))
-            if len(events) == 1
-            else min(int(e.get("_t", 0)) for e in events)
+            events[0].get("_t", 0) if len(events) == 1 else min([e.get("_t", 0) for e in events])
         )
         start = _ns(fields.get("startTime"), first_t)
         if kind == "event":

@@ -19,6 +19,8 @@ import argparse
 import base64
 import gzip
 import json
+import json.decoder
+import json.scanner
 import os
 import random
 import socket
@@ -32,6 +34,102 @@ from .otlp_proto import DecodeError, decode_export_request
 from .timeutil import iso_from_ns
 
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+#: what json.loads parses with (typeshed types these two oddly)
+_SCAN: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_SCANSTRING: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+_WHITESPACE = " \t\n\r"
+_SPANS_PATH = ("resourceSpans", "scopeSpans", "spans")
+
+
+class _OtherShape(Exception):
+    """An OTLP/JSON body the fast path does not take; the general path decides about it."""
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WHITESPACE:
+        pos += 1
+    return pos
+
+
+def _object(text: str, pos: int, path: tuple[str, ...]) -> tuple[dict[str, Any], int]:
+    """The object at ``pos`` as ``json.loads`` parses it, except that the array under the key
+    ``path[0]`` is parsed by :func:`_array` (down ``path``)."""
+    if not text.startswith("{", pos):
+        raise _OtherShape
+    out: dict[str, Any] = {}
+    pos = _skip(text, pos + 1)
+    if text.startswith("}", pos):
+        return out, pos + 1
+    while True:
+        if not text.startswith('"', pos):
+            raise _OtherShape
+        key, pos = _SCANSTRING(text, pos + 1)
+        pos = _skip(text, pos)
+        if not text.startswith(":", pos):
+            raise _OtherShape
+        pos = _skip(text, pos + 1)
+        if key == path[0]:
+            out[key], pos = _array(text, pos, path[1:])
+        else:
+            out[key], pos = _SCAN(text, pos)
+        pos = _skip(text, pos)
+        if text.startswith("}", pos):
+            return out, pos + 1
+        if not text.startswith(",", pos):
+            raise _OtherShape
+        pos = _skip(text, pos + 1)
+
+
+def _array(text: str, pos: int, path: tuple[str, ...]) -> tuple[list[Any], int]:
+    """An array of objects parsed down ``path``; at its end (``spans``), each element becomes
+    ``(span, its JSON text as sent)``."""
+    if not text.startswith("[", pos):
+        raise _OtherShape
+    out: list[Any] = []
+    pos = _skip(text, pos + 1)
+    if text.startswith("]", pos):
+        return out, pos + 1
+    while True:
+        if path:
+            item, pos = _object(text, pos, path)
+            out.append(item)
+        else:
+            span, end = _SCAN(text, pos)
+            if not isinstance(span, dict):
+                raise _OtherShape
+            out.append((span, text[pos:end]))
+            pos = end
+        pos = _skip(text, pos)
+        if text.startswith("]", pos):
+            return out, pos + 1
+        if not text.startswith(",", pos):
+            raise _OtherShape
+        pos = _skip(text, pos + 1)
+
+
+def _otlp_json_fast(body: bytes) -> Optional[dict[str, Any]]:
+    """An ASCII OTLP/JSON body parsed as ``json.loads`` would, with each span kept as
+    ``(span, text)`` so that its text is stored as it came instead of encoded again (the
+    flusher sends compact ASCII JSON, exactly what encoding it again would give). None when
+    the body is not plainly of that shape: the general path then takes it."""
+    if not body.isascii():
+        return None
+    text = body.decode("ascii")
+    try:
+        payload, end = _object(text, _skip(text, 0), _SPANS_PATH)
+    except (_OtherShape, ValueError, StopIteration, RecursionError):
+        return None
+    if _skip(text, end) != len(text):
+        return None
+    for resource_spans in payload.get("resourceSpans") or []:
+        if not isinstance(resource_spans.get("resource") or {}, dict):
+            return None
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            if not isinstance(scope_spans.get("scope") or {}, dict):
+                return None
+    return payload
+
+
 OTLP_PATH = "/api/public/otel/v1/traces"
 INGESTION_PATH = "/api/public/ingestion"
 SCORES_PATH = "/api/public/scores"
@@ -283,10 +381,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _otlp(self, body: bytes) -> None:
         ctype = (self.headers.get("Content-Type") or "").lower()
+        fast: Optional[dict[str, Any]] = None
         if "protobuf" in ctype:
             payload = decode_export_request(body)
         elif "json" in ctype:
-            payload = json.loads(body)
+            fast = _otlp_json_fast(body)
+            payload = fast if fast is not None else json.loads(body)
         else:
             self._reply(400, {"error": "Invalid content type"})
             return
@@ -300,7 +400,14 @@ class _Handler(BaseHTTPRequestHandler):
                 # Each stored line repeats the resource and scope: encode them once here.
                 prefix = f'{{"kind":"span","received_at":"{now}","resource":{resource},"scope":'
                 prefix += dumps(scope_spans.get("scope") or {}) + ',"span":'
-                for span in scope_spans.get("spans") or []:
+                for item in scope_spans.get("spans") or []:
+                    if fast is not None:
+                        span, text = item
+                        if "\n" in text or "\r" in text:  # a line break between tokens
+                            text = dumps(span)
+                    else:
+                        span = item
+                        text = ""
                     if rejects and any(r in str(span.get("name", "")) for r in rejects):
                         self.server.count(rejected=1)
                         self._reply(
@@ -308,7 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
                         )
                         self._say(f"POST {OTLP_PATH} -> 400 (rejected span {span.get('name')!r})")
                         return
-                    texts.append(prefix + dumps(span) + "}\n")
+                    texts.append(prefix + (text or dumps(span)) + "}\n")
         self.server.record_text(texts)
         self.server.count(spans=len(texts))
         self._reply(200, {})

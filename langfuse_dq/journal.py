@@ -21,6 +21,7 @@ After ``fork()`` a child never writes to its parent's segment: it opens its own 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -114,7 +115,7 @@ class JournalWriter:
             raise JournalWriteError(exc.errno or errno.EIO, _reason(exc)) from None
         if written != len(data):
             self._undo(before)
-            raise JournalWriteError(errno.ENOSPC, "short write: no space left on the device")
+            raise JournalWriteError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (short write)")
         self._size = before + written
         self._unverified += 1
 
@@ -233,14 +234,16 @@ class SegmentName:
     nonce: str
     seq: int
 
-    @property
+    @functools.cached_property
     def writer(self) -> str:
         """Identifies the writing process (all of its segments share it)."""
         return f"{self.pid}-{self.start}-{self.nonce}"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_segment_name(name: str) -> Optional[SegmentName]:
-    """The parts of ``name``, or None when it is not a segment file."""
+    """The parts of ``name``, or None when it is not a segment file (cached: the flusher lists
+    the journal every round)."""
     match = _NAME_RE.match(name)
     if not match:
         return None
@@ -290,16 +293,16 @@ def sealed_segments(segments: list[tuple[SegmentName, int]]) -> set[str]:
     return sealed
 
 
-def read_lines(path: str, offset: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Complete lines of ``path`` from ``offset``: ``([(line offset, line), ...], next offset)``.
+def read_block(path: str, offset: int, max_bytes: int) -> tuple[bytes, int]:
+    """The complete lines of ``path`` from ``offset``, as one block: ``(data, next offset)``.
 
-    At most about ``max_bytes`` are read (always at least one whole line if there is one).
-    An unterminated last line is left for later.
+    ``data`` ends with a newline (or is empty). At most about ``max_bytes`` are read (always
+    at least one whole line if there is one). An unterminated last line is left for later.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return [], offset
+        return b"", offset
     try:
         chunks: list[bytes] = []
         total = 0
@@ -315,16 +318,33 @@ def read_lines(path: str, offset: int, max_bytes: int) -> tuple[list[tuple[int, 
                 break
     finally:
         os.close(fd)
-    data = b"".join(chunks)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     end = data.rfind(b"\n")
     if end < 0:
-        return [], offset
+        return b"", offset
+    if end + 1 < len(data):
+        data = data[: end + 1]
+    return data, offset + end + 1
+
+
+def split_block(data: bytes, offset: int) -> list[tuple[int, bytes]]:
+    """``[(line offset, line), ...]`` of a block read at ``offset`` (newlines removed)."""
     lines: list[tuple[int, bytes]] = []
-    start = 0
-    for line in data[: end + 1].split(b"\n")[:-1]:
-        lines.append((offset + start, line))
+    start = offset
+    for line in data.split(b"\n")[:-1]:
+        lines.append((start, line))
         start += len(line) + 1
-    return lines, offset + end + 1
+    return lines
+
+
+def read_lines(path: str, offset: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Complete lines of ``path`` from ``offset``: ``([(line offset, line), ...], next offset)``.
+
+    At most about ``max_bytes`` are read (always at least one whole line if there is one).
+    An unterminated last line is left for later.
+    """
+    data, end = read_block(path, offset, max_bytes)
+    return split_block(data, offset), end
 
 
 def scan_tail(path: str, offset: int) -> tuple[int, int, bytes, list[bytes]]:

@@ -27,12 +27,14 @@ commits in one transaction, so cursors, traces and counters move together or not
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import sqlite3
+import struct
 import time
-from collections.abc import Iterable
-from typing import Any, Optional
+from collections.abc import Collection, Iterator
+from typing import Any, Optional, Union
 
 import diskcache
 
@@ -82,19 +84,23 @@ def loads(raw: Any) -> Any:
 PinMap = dict[str, set[int]]
 
 
-def encode_pins(pins: dict[str, Iterable[int]]) -> bytes:
+def encode_pins(pins: dict[str, Union[bytes, Collection[int]]]) -> bytes:
     """Pinned offsets as a compact blob: a JSON header of (segment, count), then int64s.
 
     A backlog can pin tens of thousands of lines; JSON lists of them, rewritten at every
-    commit, cost more than everything else the commit does.
+    commit, cost more than everything else the commit does. Offsets come as ints or, from the
+    flusher, already packed as native int64s (``bytes``), which go in as they are.
     """
     header: list[tuple[str, int]] = []
-    body = array.array("q")
+    parts: list[bytes] = []
     for name, offsets in pins.items():
-        before = len(body)
-        body.extend(offsets)
-        header.append((name, len(body) - before))
-    return json.dumps(header).encode() + b"\n" + body.tobytes()
+        if isinstance(offsets, bytes):
+            packed = offsets
+        else:
+            packed = struct.pack(f"={len(offsets)}q", *offsets)
+        header.append((name, len(packed) // 8))
+        parts.append(packed)
+    return json.dumps(header).encode() + b"\n" + b"".join(parts)
 
 
 def decode_pins(blob: Any) -> PinMap:
@@ -115,8 +121,12 @@ def decode_pins(blob: Any) -> PinMap:
     return out
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """Compact JSON text (the same as ``json.dumps(value, separators=(",", ":"))``)."""
+    return _ENCODE(value)
 
 
 class FlusherState:
@@ -126,14 +136,22 @@ class FlusherState:
         self.qd = qd
         self.cache = open_cache(qd)
         self.tombstones = Tombstones(os.path.join(qd.state, "tombstones.sqlite"))
+        #: the counters as last written (only the lock holder writes them); None: read them
+        self._counters: Optional[dict[str, int]] = None
 
     def close(self) -> None:
         self.cache.close()
         self.tombstones.close()
 
-    def transact(self) -> Any:
+    @contextlib.contextmanager
+    def transact(self) -> Iterator[None]:
         """A context manager: everything written inside commits atomically."""
-        return self.cache.transact()
+        try:
+            with self.cache.transact():
+                yield
+        except BaseException:
+            self._counters = None  # the cached counters may be ahead of what was rolled back
+            raise
 
     def get(self, key: str, default: Any = None) -> Any:
         value = loads(self.cache.get(key))
@@ -151,7 +169,7 @@ class FlusherState:
         """``{segment: offsets}`` of lines still pending before each cursor."""
         return decode_pins(self.cache.get("pins"))
 
-    def set_pins(self, pins: dict[str, Iterable[int]]) -> None:
+    def set_pins(self, pins: dict[str, Union[bytes, Collection[int]]]) -> None:
         self.cache.set("pins", encode_pins(pins))
 
     def cursors(self) -> dict[str, int]:
@@ -167,10 +185,11 @@ class FlusherState:
         deltas = {k: v for k, v in deltas.items() if v}
         if not deltas:
             return
-        counters = self.counters()
+        counters = dict(self.counters() if self._counters is None else self._counters)
         for name, amount in deltas.items():
             counters[name] = counters.get(name, 0) + amount
         self.set("counters", counters)
+        self._counters = counters
 
     def get_traces(self, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The tombstones (not expired) of those of ``trace_ids`` that have one."""

@@ -117,42 +117,124 @@ def trace_attributes(trace_fields: dict[str, Any]) -> str:
     return a.json()
 
 
+def _key(name: str) -> str:
+    """The constant head of one attribute item: ``{"key":"<name>","value":``."""
+    return '{"key":' + _quote(name) + ',"value":'
+
+
+def _any_value(value: Any) -> str:
+    """The ``AnyValue`` JSON of a value that is not None, exactly as ``_Attrs.put`` makes it."""
+    if isinstance(value, str):
+        return '{"stringValue":' + _quote(value) + "}"
+    if isinstance(value, bool):
+        return '{"boolValue":true}' if value else '{"boolValue":false}'
+    if isinstance(value, int) and -(2**53) < value < 2**53:
+        return '{"intValue":' + str(value) + "}"
+    if isinstance(value, float) and math.isfinite(value):
+        return '{"doubleValue":' + repr(value) + "}"
+    if isinstance(value, (list, tuple)):
+        items = ",".join('{"stringValue":' + _quote(str(v)) + "}" for v in value)
+        return '{"arrayValue":{"values":[' + items + "]}}"
+    return '{"stringValue":' + _quote(_json(value)) + "}"
+
+
+def _string_value(value: Any) -> str:
+    """The ``stringValue`` JSON of a value that is not None (``_Attrs.text``)."""
+    return '{"stringValue":' + _quote(value if isinstance(value, str) else _json(value)) + "}"
+
+
+_K_VERSION = _key("langfuse.version")
+_K_RELEASE = _key("langfuse.release")
+_K_ENVIRONMENT = _key("langfuse.environment")
+_K_INPUT = _key("langfuse.observation.input")
+_K_OUTPUT = _key("langfuse.observation.output")
+_K_LEVEL = _key("langfuse.observation.level")
+_K_STATUS_MESSAGE = _key("langfuse.observation.status_message")
+_K_MODEL = _key("langfuse.observation.model.name")
+_K_MODEL_PARAMETERS = _key("langfuse.observation.model.parameters")
+_K_USAGE = _key("langfuse.observation.usage_details")
+_K_COST = _key("langfuse.observation.cost_details")
+_K_COMPLETION_START = _key("langfuse.observation.completion_start_time")
+_K_PROMPT_NAME = _key("langfuse.observation.prompt.name")
+_K_PROMPT_VERSION = _key("langfuse.observation.prompt.version")
+_TYPE_ITEMS = {
+    kind: _key("langfuse.observation.type") + _any_value(kind) + "}"
+    for kind in ("span", "generation", "event", *GENERATION_LIKE)
+}
+_METADATA_PREFIX = "langfuse.observation.metadata."
+
+
 def observation_attributes(span: SpanData) -> str:
-    """The attributes of the observation itself (WIRE §3), as JSON items."""
+    """The attributes of the observation itself (WIRE §3), as JSON items.
+
+    The hot path of encoding: attribute heads are constants, values are encoded inline
+    (the same text ``_Attrs`` produces, which :func:`trace_attributes` still uses).
+    """
     f = span.fields
     tf = span.trace_fields
-    a = _Attrs()
-    a.put("langfuse.version", f.get("version") or tf.get("version"))
-    a.put("langfuse.release", tf.get("release") or f.get("_release"))
-    a.put("langfuse.environment", f.get("environment") or tf.get("environment"))
-    a.put("langfuse.observation.type", span.kind)
-    a.text("langfuse.observation.input", f.get("input"))
-    a.text("langfuse.observation.output", f.get("output"))
-    a.metadata("langfuse.observation.metadata", f.get("metadata"))
-    level = f.get("level")
-    message = f.get("statusMessage")
+    get = f.get
+    parts: list[str] = []
+    add = parts.append
+    value = get("version") or tf.get("version")
+    if value is not None:
+        add(_K_VERSION + _any_value(value) + "}")
+    value = tf.get("release") or get("_release")
+    if value is not None:
+        add(_K_RELEASE + _any_value(value) + "}")
+    value = get("environment") or tf.get("environment")
+    if value is not None:
+        add(_K_ENVIRONMENT + _any_value(value) + "}")
+    kind = span.kind
+    type_item = _TYPE_ITEMS.get(kind)
+    add(type_item or _key("langfuse.observation.type") + _any_value(kind) + "}")
+    value = get("input")
+    if value is not None:
+        add(_K_INPUT + _string_value(value) + "}")
+    value = get("output")
+    if value is not None:
+        add(_K_OUTPUT + _string_value(value) + "}")
+    metadata = get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            metadata = {"value": metadata}
+        for key, value in metadata.items():
+            if value is not None:
+                add(_key(f"{_METADATA_PREFIX}{key}") + _string_value(value) + "}")
+    level = get("level")
+    message = get("statusMessage")
     if span.warning:
         if level != "ERROR":
             level = "WARNING"
         message = f"{message} | {span.warning}" if message else span.warning
     if level and level != "DEFAULT":
-        a.put("langfuse.observation.level", level)
-    a.put("langfuse.observation.status_message", message)
-    generation_like = span.kind in GENERATION_LIKE
+        add(_K_LEVEL + _any_value(level) + "}")
+    if message is not None:
+        add(_K_STATUS_MESSAGE + _any_value(message) + "}")
+    generation_like = kind in GENERATION_LIKE
     if generation_like or "model" in f or "usageDetails" in f or "costDetails" in f:
-        a.put("langfuse.observation.model.name", f.get("model"))
-        if f.get("modelParameters") is not None:
-            a.text("langfuse.observation.model.parameters", f["modelParameters"])
-        if f.get("usageDetails"):
-            a.text("langfuse.observation.usage_details", f["usageDetails"])
-        if f.get("costDetails"):
-            a.text("langfuse.observation.cost_details", f["costDetails"])
-        a.put("langfuse.observation.completion_start_time", f.get("completionStartTime"))
+        value = get("model")
+        if value is not None:
+            add(_K_MODEL + _any_value(value) + "}")
+        value = get("modelParameters")
+        if value is not None:
+            add(_K_MODEL_PARAMETERS + _string_value(value) + "}")
+        value = get("usageDetails")
+        if value:
+            add(_K_USAGE + _string_value(value) + "}")
+        value = get("costDetails")
+        if value:
+            add(_K_COST + _string_value(value) + "}")
+        value = get("completionStartTime")
+        if value is not None:
+            add(_K_COMPLETION_START + _any_value(value) + "}")
         if generation_like:
-            a.put("langfuse.observation.prompt.name", f.get("promptName"))
-            if isinstance(f.get("promptVersion"), int):
-                a.put("langfuse.observation.prompt.version", f["promptVersion"])
-    return a.json()
+            value = get("promptName")
+            if value is not None:
+                add(_K_PROMPT_NAME + _any_value(value) + "}")
+            value = get("promptVersion")
+            if isinstance(value, int):
+                add(_K_PROMPT_VERSION + _any_value(value) + "}")
+    return ",".join(parts)
 
 
 def _status(span: SpanData) -> str:
