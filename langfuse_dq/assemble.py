@@ -559,7 +559,7 @@ class Assembler:
                         f"langfuse-dq: the process that recorded this observation (pid "
                         f"{create.get('_p')}) exited before end() was called; exported as it was"
                     )
-                elif now_ns - start > self.max_open_ns:
+                elif now_ns - int(create.get("_t", start)) > self.max_open_ns:
                     warning = (
                         f"langfuse-dq: still open after {self.max_open_ns // 1_000_000_000} s "
                         "(max_open_seconds); exported as it was"

@@ -47,9 +47,9 @@ from .assemble import Assembler, Ready
 from .config import Config, resolve_config
 from .journal import list_segments, read_block, sealed_segments, split_block
 from .proc import pid_alive, process_start_ticks
-from .quarantine import write_batch
-from .queuedir import QueueDir, open_queue_dir, write_file_atomic
-from .state import FlusherState
+from .quarantine import salvage, write_batch
+from .queuedir import FILE_MODE, QueueDir, open_queue_dir, write_file_atomic
+from .state import FlusherState, open_state
 from .timeutil import now_ns
 from .transport.http import Backoff, HttpSender, TransportError, Verdict, classify
 from .transport.ingestion import (
@@ -77,6 +77,8 @@ MIN_INTAKE_BYTES = 64 << 10
 #: Reads go to one writer's journal at a time, in chunks of at most this many bytes.
 CHUNK_BYTES = 256 << 10
 MAX_REQUEST_BYTES = 3_500_000
+#: With ``full_policy=drop_oldest``, how often (seconds) the journal is checked against the bound.
+TRIM_INTERVAL = 1.0
 IDLE_EXIT_SECONDS = float(os.environ.get("LANGFUSE_DQ_IDLE_EXIT", "30"))
 RETRY_BASE = float(os.environ.get("LANGFUSE_DQ_RETRY_BASE", "0.5"))
 RETRY_CAP = float(os.environ.get("LANGFUSE_DQ_RETRY_CAP", "30"))
@@ -302,7 +304,7 @@ class Flusher:
     def __init__(self, config: Config, qd: QueueDir) -> None:
         self.config = config
         self.qd = qd
-        self.lock = filelock.FileLock(qd.lock_path, thread_local=False)
+        self.lock = filelock.FileLock(qd.lock_path, thread_local=False, mode=FILE_MODE)
         self.stop_event = threading.Event()
         self.state: Optional[FlusherState] = None
         self.sender = HttpSender(config)
@@ -344,6 +346,13 @@ class Flusher:
         #: lines and bytes read so far (their ratio sizes the rounds)
         self.read_lines = 0
         self.read_bytes = 0
+        #: this flusher's clock (see :meth:`clock_ns`), and how far ahead of the wall clock it is
+        self._wall0 = now_ns()
+        self._mono0 = time.monotonic_ns()
+        self.scan_ns = self._wall0
+        self.skew_ns = 0
+        #: when the queue was last checked against ``max_queue_bytes`` (``drop_oldest``)
+        self._trimmed_at = -TRIM_INTERVAL
         self.result = RunResult()
         self.fail_on_auth = False
         self.auth_blocked: Optional[str] = None
@@ -358,9 +367,23 @@ class Flusher:
             self.lock.acquire(timeout=timeout)
         except filelock.Timeout:
             return False
-        self.state = FlusherState(self.qd)
-        self._load()
-        self._heartbeat(force=True)
+        try:
+            salvaged = salvage(self.qd)
+            if salvaged:
+                log.error(
+                    "moved %d damaged quarantine file(s) aside into corrupt-*/: %s",
+                    len(salvaged),
+                    ", ".join(salvaged),
+                )
+            self.state = open_state(self.qd)
+            self._load()
+            self._heartbeat(force=True)
+        except BaseException:
+            if self.state is not None:
+                self.state.close()
+                self.state = None
+            self.lock.release()
+            raise
         return True
 
     def release(self) -> None:
@@ -374,10 +397,7 @@ class Flusher:
                 self.commit()
                 if self.last_success > self._success_written:
                     self.state.set("last_success_at", self.last_success)
-                try:
-                    os.utime(self.qd.heartbeat_path, (0, 0))
-                except OSError:
-                    pass
+                self._heartbeat_stopped()
                 self.state.close()
                 self.state = None
         finally:
@@ -428,6 +448,22 @@ class Flusher:
                 os.utime(self.qd.heartbeat_path, None)
             except OSError:
                 self._heartbeat(force=True)
+
+    def clock_ns(self) -> int:
+        """Now, in nanoseconds: the wall clock at the flusher's start, advanced by the monotonic
+        clock. Decisions by time (the watermark, grace periods, idle traces, open observations)
+        use it, so a step of the system clock neither stalls nor rushes them: time stamps read
+        from the journal are moved onto it (``skew_ns``) as they are read."""
+        return self._wall0 + time.monotonic_ns() - self._mono0
+
+    def _heartbeat_stopped(self) -> None:
+        """Say no flusher runs here now (the pid may be an app's, after an in-process flush)."""
+        record = {"pid": None, "stopped_at": time.time()}
+        try:
+            write_file_atomic(self.qd.heartbeat_path, json.dumps(record).encode(), fsync=False)
+            os.utime(self.qd.heartbeat_path, (0, 0))
+        except OSError:
+            pass
 
     def request_stop(self) -> None:
         """Stop soon: after the current request, never leaving a round half-recorded."""
@@ -538,6 +574,71 @@ class Flusher:
 
     # -- intake ------------------------------------------------------------------------------
 
+    def trim_oldest(self, force: bool = False) -> int:
+        """With ``full_policy=drop_oldest``: discard the oldest unread lines while the journal is
+        bigger than ``max_queue_bytes``, counted as ``dropped:queue_full_oldest``; returns how
+        many events were discarded. Runs at most once per ``TRIM_INTERVAL`` (also while backing
+        off from a failing server, when the queue grows fastest).
+
+        "Oldest" goes by segment: segments least recently written first, each from where
+        reading stopped. Control lines in the discarded part (flush markers, drop counts) are
+        still honoured. Disk space comes back when a fully read segment is deleted, so a
+        writer's current segment (up to 8 MiB) is only freed once it rotates or its writer
+        exits; writers themselves refuse new events at twice the bound.
+        """
+        if self.config.full_policy != "drop_oldest":
+            return 0
+        now = time.monotonic()
+        if not force and now - self._trimmed_at < TRIM_INTERVAL:
+            return 0
+        self._trimmed_at = now
+        segments = list_segments(self.qd.journal)
+        excess = sum(size for _, size in segments) - self.config.max_queue_bytes
+        if excess <= 0:
+            return 0
+        candidates: list[tuple[float, str, int]] = []
+        for seg, size in segments:
+            book = self.books.get(seg.name)
+            if book is not None and book.read_pos >= size:
+                continue
+            try:
+                mtime = os.stat(os.path.join(self.qd.journal, seg.name)).st_mtime
+            except OSError:
+                continue
+            candidates.append((mtime, seg.name, size))
+        discarded = 0
+        for _mtime, name, size in sorted(candidates):
+            if excess <= 0:
+                break
+            book = self.books.get(name)
+            if book is None:
+                book = self.books[name] = SegmentBook(name)
+            pos = book.read_pos
+            path = os.path.join(self.qd.journal, name)
+            while excess > 0 and pos < size:
+                data, new_pos = read_block(path, pos, min(excess, CHUNK_BYTES, size - pos))
+                if new_pos <= pos:
+                    break  # an unterminated last line: being written, or torn (intake decides)
+                for offset, line in split_block(data, pos):
+                    if not book.take(offset):
+                        continue
+                    if line.startswith(b'{"_c":'):
+                        self._control(line)
+                    else:
+                        discarded += 1
+                excess -= new_pos - pos
+                pos = book.read_pos = new_pos
+                self.uncommitted = True
+        if discarded:
+            self._add("dropped:queue_full_oldest", discarded)
+            log.warning(
+                "queue over max_queue_bytes=%d: discarded the %d oldest unsent events"
+                " (full_policy=drop_oldest)",
+                self.config.max_queue_bytes,
+                discarded,
+            )
+        return discarded
+
     def intake(self) -> int:
         """Read new journal lines; returns how many were read.
 
@@ -547,7 +648,9 @@ class Flusher:
         lines left to read holds it at the last time stamp read from it (at 0 before the first
         chunk), a live writer read to its end lets it go to now, a dead one does not count.
         """
-        scan_ns = now_ns()
+        self.trim_oldest()
+        scan_ns = self.scan_ns = self.clock_ns()
+        self.skew_ns = scan_ns - now_ns()
         segments = list_segments(self.qd.journal)
         self.alive_cache = {}
         sealed = sealed_segments(segments)
@@ -592,6 +695,8 @@ class Flusher:
             index = behind[writer]
             book, size = queues[writer][index]
             pos = book.read_pos
+            if not book.last_t:
+                book.last_t = writer_t.get(writer, 0)
             path = os.path.join(self.qd.journal, book.name)
             data, new_pos = read_block(path, pos, min(budget, CHUNK_BYTES, size - pos))
             if new_pos > pos:
@@ -690,12 +795,16 @@ class Flusher:
         if not isinstance(etype, str) or not isinstance(event.get("body"), dict):
             self._add("corrupt_lines", 1)
             return
+        # The stamp, on this flusher's clock: after the line before it of this writer (file
+        # order is the order it was written), and never in the future (a clock that jumped).
         t = event.get("_t")
-        if not isinstance(t, int):
-            t = now_ns()
-            event["_t"] = t
-        if t > book.last_t:
-            book.last_t = t
+        t = t + self.skew_ns if isinstance(t, int) else self.scan_ns
+        floor = book.last_t
+        if t <= floor:
+            t = floor + 1
+        elif t > self.scan_ns:
+            t = self.scan_ns if self.scan_ns > floor else floor + 1
+        event["_t"] = book.last_t = t
         event["_w"] = writer
         event["_ref"] = (book.name, offset)
         if self.otlp and etype in OBSERVATION_TYPES:
@@ -722,7 +831,9 @@ class Flusher:
                 if isinstance(n, int) and n > 0:
                     self._add("dropped:" + str(reason), n)
         elif kind == "flush" and isinstance(record.get("id"), str):
-            self.markers.append(Marker(record["id"], int(record.get("t") or now_ns())))
+            t = record.get("t")
+            stamp = t + self.skew_ns if isinstance(t, int) else self.clock_ns()
+            self.markers.append(Marker(record["id"], stamp))
 
     def _to_outbox(self, item: Ready) -> None:
         self.outbox.append(item)
@@ -774,7 +885,11 @@ class Flusher:
         everything = bool(forced) and not self.marker_due
         self.marker_due = bool(forced)
         outcome = self.assembler.collect(
-            self.watermark, now_ns(), forced, everything=everything, limit=2 * self._max_items()
+            self.watermark,
+            self.clock_ns(),
+            forced,
+            everything=everything,
+            limit=2 * self._max_items(),
         )
         for item in outcome.ready:
             self._to_outbox(item)
@@ -1017,6 +1132,7 @@ class Flusher:
             if remaining <= 0:
                 return
             self._heartbeat()
+            self.trim_oldest()
             step = min(remaining, HEARTBEAT_SECONDS)
             if self.deadline is not None:
                 step = min(step, max(self.deadline - now, 0.0))

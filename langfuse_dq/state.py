@@ -29,6 +29,7 @@ from __future__ import annotations
 import array
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import struct
@@ -38,7 +39,9 @@ from typing import Any, Optional, Union
 
 import diskcache
 
-from .queuedir import FILE_MODE, QueueDir
+from .queuedir import DIR_MODE, FILE_MODE, QueueDir, move_aside
+
+log = logging.getLogger("langfuse_dq.state")
 
 TRACE_TTL = 3600.0
 
@@ -129,6 +132,42 @@ def dumps(value: Any) -> str:
     return _ENCODE(value)
 
 
+def open_state(qd: QueueDir) -> FlusherState:
+    """The flusher's state, checked (``PRAGMA quick_check`` of both databases): a damaged one
+    (garbage, truncated, malformed) is moved aside into ``corrupt-<timestamp>/`` and a fresh
+    one started, counted as ``corrupt_state``. Call only while holding the flusher lock.
+
+    Starting fresh forgets the cursors, so the journal segments still on disk are read again
+    from their start: nothing pending is lost, and events from those segments that were
+    already delivered are sent again (at-least-once; the log says so).
+    """
+    try:
+        state = FlusherState(qd)
+    except sqlite3.DatabaseError as exc:
+        return _start_fresh(qd, exc)
+    try:
+        state.check()
+    except sqlite3.DatabaseError as exc:
+        state.close()
+        return _start_fresh(qd, exc)
+    return state
+
+
+def _start_fresh(qd: QueueDir, exc: sqlite3.DatabaseError) -> FlusherState:
+    moved = move_aside(qd, qd.state)
+    log.error(
+        "the flusher's state database is damaged (%s); moved it aside to %s and started a fresh"
+        " one: journal segments still on disk are read again, so some events may be sent twice",
+        exc,
+        moved,
+    )
+    os.makedirs(qd.state, DIR_MODE, exist_ok=True)
+    state = FlusherState(qd)
+    with state.transact():
+        state.add_counters({"corrupt_state": 1})
+    return state
+
+
 class FlusherState:
     """Typed access to the state cache."""
 
@@ -142,6 +181,17 @@ class FlusherState:
     def close(self) -> None:
         self.cache.close()
         self.tombstones.close()
+
+    def check(self) -> None:
+        """Raise ``sqlite3.DatabaseError`` if either database is damaged."""
+        self.tombstones.check()
+        with contextlib.closing(
+            sqlite3.connect(os.path.join(self.qd.state, diskcache.core.DBNAME))
+        ) as con:
+            _quick_check(con)
+        self.counters()
+        self.pins()
+        self.cursors()
 
     @contextlib.contextmanager
     def transact(self) -> Iterator[None]:
@@ -259,5 +309,15 @@ class Tombstones:
             self._con.execute("BEGIN")
             self._con.execute("DELETE FROM tomb WHERE expires <= ?", (time.time(),))
 
+    def check(self) -> None:
+        """Raise ``sqlite3.DatabaseError`` if the table is damaged."""
+        _quick_check(self._con)
+
     def close(self) -> None:
         self._con.close()
+
+
+def _quick_check(con: sqlite3.Connection) -> None:
+    rows = con.execute("PRAGMA quick_check").fetchall()
+    if [tuple(r) for r in rows] != [("ok",)]:
+        raise sqlite3.DatabaseError(f"quick_check: {'; '.join(str(r[0]) for r in rows[:3])}")

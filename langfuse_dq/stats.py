@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from typing import Any, Optional
 
@@ -84,17 +85,27 @@ def queue_stats(qd: QueueDir) -> dict[str, Any]:
     """Stats of an open queue directory."""
     out = empty_stats(qd.root)
     now_ns = time.time_ns()
-    state = FlusherState(qd)
     try:
-        cursors = state.cursors()
-        pins = state.pins()
-        counters = state.counters()
-        inflight = state.get("inflight") or {}
-        last_success = state.get("last_success_at")
-        last_error = state.get("last_error")
-        auth_error = state.get("auth_error")
-    finally:
-        state.close()
+        state = FlusherState(qd)
+        try:
+            cursors = state.cursors()
+            pins = state.pins()
+            counters = state.counters()
+            inflight = state.get("inflight") or {}
+            last_success = state.get("last_success_at")
+            last_error = state.get("last_error")
+            auth_error = state.get("auth_error")
+        finally:
+            state.close()
+    except sqlite3.DatabaseError as exc:
+        # The flusher moves a damaged state aside when it next starts; until then every
+        # journal line counts as pending (it will be read again).
+        cursors, pins, counters, inflight, last_success, auth_error = {}, {}, {}, {}, None, None
+        last_error = {
+            "message": f"the flusher's state database is damaged ({exc}); the next flusher"
+            " moves it aside and starts fresh",
+            "at": time.time(),
+        }
 
     pending = 0
     pending_bytes = 0

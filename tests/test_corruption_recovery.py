@@ -3,6 +3,7 @@ garbage journal lines) are detected, moved aside or skipped, counted, and never 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -164,3 +165,67 @@ def test_garbage_lines_in_a_journal_segment_are_skipped_and_counted(
     stats = queue_stats(queue_dir)
     assert stats["corrupt_lines"] == 3 and stats["pending"] == 0
     assert os.path.isdir(open_queue_dir(queue_dir, create=False).journal)
+
+
+def test_a_garbage_state_database_is_moved_aside_and_the_journal_replayed(
+    queue_dir: str, server: Server, client_env: dict[str, str]
+) -> None:
+    env = {**client_env, "LANGFUSE_DQ_AUTOSPAWN": "0"}
+    code = """
+    from langfuse_dq import Langfuse
+    lf = Langfuse()
+    for i in range(20):
+        lf.trace(name=f"PREFIX-{i}").span(name=f"PREFIX-s{i}").end()
+    lf.shutdown()
+    """
+    run_python(code.replace("PREFIX", "first"), env)
+    assert _cli("flush", "--timeout", "30", env=env).returncode == 0
+    run_python(code.replace("PREFIX", "second"), env)
+    for name in ("cache.db", "tombstones.sqlite"):
+        path = Path(queue_dir, "state", name)
+        path.write_bytes(b"this is not an SQLite database at all" * 100)
+    for leftover in Path(queue_dir, "state").glob("*-wal"):
+        leftover.unlink()
+    before = _cli("status", "--json", env=env)
+    assert "Traceback" not in before.stderr
+    report = json.loads(before.stdout)
+    assert "damaged" in report["last_error"] and report["pending"] >= 40
+    out = _cli("flush", "--timeout", "60", env=env)
+    assert out.returncode == 0, out.stderr
+    names = collections.Counter(s["name"] for s in server.spans())
+    assert {f"second-s{i}" for i in range(20)} <= set(names), "nothing pending was lost"
+    stats = json.loads(_cli("status", "--json", env=env).stdout)
+    assert stats["pending"] == 0
+    assert stats["corrupt_files"] >= 1 and stats["corrupt_state"] >= 1
+    moved = [p.name for d in Path(queue_dir).glob("corrupt-*") for p in d.iterdir()]
+    assert "state" in moved
+
+
+def test_drop_oldest_keeps_the_queue_bounded_and_counts_what_it_discards(
+    queue_dir: str, server: Server, client_env: dict[str, str]
+) -> None:
+    env = {
+        **client_env,
+        "LANGFUSE_DQ_AUTOSPAWN": "0",
+        "LANGFUSE_DQ_MAX_BYTES": "300000",
+        "LANGFUSE_DQ_FULL_POLICY": "drop_oldest",
+    }
+    run_python(
+        """
+        from langfuse_dq import Langfuse
+        lf = Langfuse()
+        for i in range(600):
+            lf.trace(name=f"t{i}", input="x" * 300)
+        lf.shutdown()
+        """,
+        env,
+    )
+    before = queue_stats(queue_dir)
+    assert before["pending_bytes"] > 300_000, "writers accept up to twice the bound"
+    assert _cli("flush", "--timeout", "60", env=env).returncode == 0, "all that was kept arrived"
+    stats = queue_stats(queue_dir)
+    dropped = stats["dropped_by_reason"].get("queue_full_oldest", 0)
+    written = 600 - before["dropped"]
+    roots = {s["name"] for s in server.spans()}
+    assert dropped > 0 and len(roots) + dropped == written
+    assert f"t{599}" in roots and "t0" not in roots, "the oldest were discarded, the newest kept"
