@@ -38,6 +38,7 @@ from typing import Any, Optional, Union
 
 import diskcache
 
+from .fastjson import fast_encode
 from .queuedir import FILE_MODE, QueueDir
 
 TRACE_TTL = 3600.0
@@ -121,7 +122,7 @@ def decode_pins(blob: Any) -> PinMap:
     return out
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE = fast_encode(json.JSONEncoder(separators=(",", ":")))
 
 
 def dumps(value: Any) -> str:
