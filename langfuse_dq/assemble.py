@@ -575,14 +575,14 @@ class Assembler:
                 continue
             out.ready.append(self._observation(buf, obs_id, kind, fields, events, warning))
             done.append(obs_id)
-        for obs_id in done:
-            self._forget(buf, obs_id)
+        if done:
+            obs = buf.obs
+            forgotten = 0
+            for obs_id in done:
+                forgotten += len(obs.pop(obs_id))
+            self.held -= forgotten
         buf.open_obs = still_open
         return wake
-
-    def _forget(self, buf: TraceBuf, obs_id: str) -> None:
-        events = buf.obs.pop(obs_id)
-        self.held -= len(events)
 
     def _observation(
         self,
@@ -593,9 +593,15 @@ class Assembler:
         events: list[dict[str, Any]],
         warning: Optional[str],
     ) -> Ready:
-        first_t = (
-            events[0].get("_t", 0) if len(events) == 1 else min([e.get("_t", 0) for e in events])
-        )
+        if len(events) == 1:
+            first_t = events[0].get("_t", 0)
+        elif len(events) == 2:  # a create and its update, most often
+            first_t = events[0].get("_t", 0)
+            second = events[1].get("_t", 0)
+            if second < first_t:
+                first_t = second
+        else:
+            first_t = min([e.get("_t", 0) for e in events])
         start = _ns(fields.get("startTime"), first_t)
         if kind == "event":
             end = start
@@ -610,19 +616,20 @@ class Assembler:
             buf.needs_root = True
         buf.child_start = start if buf.child_start is None else min(buf.child_start, start)
         buf.child_end = end if buf.child_end is None else max(buf.child_end, end)
-        span = SpanData(
-            trace_id=buf.id,
-            span_id=obs_id,
-            parent_id=parent,
-            name=str(fields.get("name") or kind),
-            kind=kind if kind in _OBS_KINDS else "span",
-            start_ns=start,
-            end_ns=end,
-            fields=fields,
-            trace_fields=buf.trace_fields(),
-            warning=warning,
+        span = SpanData(  # positional (the field order), a little cheaper than by keyword
+            buf.id,
+            obs_id,
+            parent,
+            str(fields.get("name") or kind),
+            kind if kind in _OBS_KINDS else "span",
+            start,
+            end,
+            fields,
+            buf.trace_fields(),
+            False,
+            warning,
         )
-        return Ready(events=events, span=span)
+        return Ready(events, span)
 
     def _root(self, buf: TraceBuf) -> Ready:
         fields = buf.trace_fields()
