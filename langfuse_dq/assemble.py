@@ -395,6 +395,14 @@ class Assembler:
         buf = self.active.get(trace_id)
         if buf is not None and not buf.pending:
             del self.active[trace_id]
+            if buf.root_sent == ROOT_EXPORTED and buf.root == ROOT_EXPORTED:
+                # Its root was delivered and is never exported again: keep only what its
+                # tombstone keeps (what later spans of the trace still use), as a restart
+                # would. The cache holds up to TOMBSTONE_CACHE of these; input, output and
+                # emptied containers made most of their memory.
+                buf.fields = {k: v for k, v in buf.fields.items() if k in _KEEP_AFTER_ROOT}
+                buf.folded = None
+                buf.obs = {}  # empty (not pending), but a dict keeps its table once grown
             self.tombstones[trace_id] = buf
             if len(self.tombstones) > TOMBSTONE_CACHE:
                 self.tombstones.popitem(last=False)
