@@ -395,6 +395,14 @@ class Assembler:
         buf = self.active.get(trace_id)
         if buf is not None and not buf.pending:
             del self.active[trace_id]
+            if buf.root_sent == ROOT_EXPORTED and buf.root == ROOT_EXPORTED:
+                # Its root was delivered and is never exported again: keep only what its
+                # tombstone keeps (what later spans of the trace still use), as a restart
+                # would. The cache holds up to TOMBSTONE_CACHE of these; input, output and
+                # emptied containers made most of their memory.
+                buf.fields = {k: v for k, v in buf.fields.items() if k in _KEEP_AFTER_ROOT}
+                buf.folded = None
+                buf.obs = {}  # empty (not pending), but a dict keeps its table once grown
             self.tombstones[trace_id] = buf
             if len(self.tombstones) > TOMBSTONE_CACHE:
                 self.tombstones.popitem(last=False)
@@ -575,14 +583,14 @@ class Assembler:
                 continue
             out.ready.append(self._observation(buf, obs_id, kind, fields, events, warning))
             done.append(obs_id)
-        for obs_id in done:
-            self._forget(buf, obs_id)
+        if done:
+            obs = buf.obs
+            forgotten = 0
+            for obs_id in done:
+                forgotten += len(obs.pop(obs_id))
+            self.held -= forgotten
         buf.open_obs = still_open
         return wake
-
-    def _forget(self, buf: TraceBuf, obs_id: str) -> None:
-        events = buf.obs.pop(obs_id)
-        self.held -= len(events)
 
     def _observation(
         self,
@@ -593,9 +601,15 @@ class Assembler:
         events: list[dict[str, Any]],
         warning: Optional[str],
     ) -> Ready:
-        first_t = (
-            events[0].get("_t", 0) if len(events) == 1 else min([e.get("_t", 0) for e in events])
-        )
+        if len(events) == 1:
+            first_t = events[0].get("_t", 0)
+        elif len(events) == 2:  # a create and its update, most often
+            first_t = events[0].get("_t", 0)
+            second = events[1].get("_t", 0)
+            if second < first_t:
+                first_t = second
+        else:
+            first_t = min([e.get("_t", 0) for e in events])
         start = _ns(fields.get("startTime"), first_t)
         if kind == "event":
             end = start
@@ -610,19 +624,20 @@ class Assembler:
             buf.needs_root = True
         buf.child_start = start if buf.child_start is None else min(buf.child_start, start)
         buf.child_end = end if buf.child_end is None else max(buf.child_end, end)
-        span = SpanData(
-            trace_id=buf.id,
-            span_id=obs_id,
-            parent_id=parent,
-            name=str(fields.get("name") or kind),
-            kind=kind if kind in _OBS_KINDS else "span",
-            start_ns=start,
-            end_ns=end,
-            fields=fields,
-            trace_fields=buf.trace_fields(),
-            warning=warning,
+        span = SpanData(  # positional (the field order), a little cheaper than by keyword
+            buf.id,
+            obs_id,
+            parent,
+            str(fields.get("name") or kind),
+            kind if kind in _OBS_KINDS else "span",
+            start,
+            end,
+            fields,
+            buf.trace_fields(),
+            False,
+            warning,
         )
-        return Ready(events=events, span=span)
+        return Ready(events, span)
 
     def _root(self, buf: TraceBuf) -> Ready:
         fields = buf.trace_fields()

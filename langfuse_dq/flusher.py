@@ -174,6 +174,20 @@ class OpenLines:
             if self._dead > 4096 and self._dead > len(self._slot):
                 self._compact()
 
+    def discard_all(self, offsets: list[int]) -> None:
+        """:meth:`discard` each of ``offsets`` (the same outcome, with less per-line work)."""
+        pop = self._slot.pop
+        marks = self._offsets
+        dead = 0
+        for offset in offsets:
+            slot = pop(offset, None)
+            if slot is not None:
+                marks[slot] = -1
+                dead += 1
+        self._dead += dead
+        if self._dead > 4096 and self._dead > len(self._slot):
+            self._compact()
+
     def clear(self) -> None:
         self._offsets = array.array("q")
         self._slot.clear()
@@ -1196,8 +1210,11 @@ class Flusher:
     def _delivered(self, items: list[Ready]) -> None:
         """The server accepted these: their lines are done (``_settled`` for many at once)."""
         open_items = self._open_items
-        books = self.books
         count = 0
+        #: offsets of the lines now done, by segment (closed many at a time)
+        done: dict[str, list[int]] = {}
+        name = None
+        offsets: list[int] = []
         for item in items:
             open_items.pop(id(item), None)
             events = item.events
@@ -1205,12 +1222,17 @@ class Flusher:
             for event in events:
                 ref = event.get("_ref")
                 if ref is not None:
-                    book = books.get(ref[0])
-                    if book is not None:
-                        book.open.discard(ref[1])
+                    if ref[0] != name:
+                        name = ref[0]
+                        offsets = done.setdefault(name, [])
+                    offsets.append(ref[1])
             span = item.span
             if span is not None and span.is_root:
                 self.assembler.root_settled(span.trace_id, False)
+        for name, offsets in done.items():
+            book = self.books.get(name)
+            if book is not None:
+                book.open.discard_all(offsets)
         self._add("delivered", count)
 
     def _quarantine_items(
@@ -1436,6 +1458,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     os.umask(0o077)
     tune_gc()
+    # The request on the wire is handled by a helper thread: every time its socket answers it
+    # needs the GIL back, and with the default 5 ms switch interval it waits for this thread
+    # to let go, several times per request (a drain's requests took ~25% longer).
+    sys.setswitchinterval(0.001)
     _setup_logging()
     try:
         config = resolve_config(queue_dir=args.dir)

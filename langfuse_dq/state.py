@@ -39,6 +39,7 @@ from typing import Any, Optional, Union
 
 import diskcache
 
+from .fastjson import fast_encode
 from .queuedir import DIR_MODE, FILE_MODE, QueueDir, move_aside
 
 log = logging.getLogger("langfuse_dq.state")
@@ -124,7 +125,7 @@ def decode_pins(blob: Any) -> PinMap:
     return out
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE = fast_encode(json.JSONEncoder(separators=(",", ":")))
 
 
 def dumps(value: Any) -> str:

@@ -19,7 +19,7 @@ def test_defaults_apply_without_keywords_or_environment() -> None:
     assert cfg.transport == "otlp"
     assert cfg.autospawn is True and cfg.enabled is True
     assert cfg.sample_rate == 1.0
-    assert cfg.batch_size == 512 and cfg.flush_interval == 1.0
+    assert cfg.batch_size == 2048 and cfg.flush_interval == 1.0
     assert cfg.max_queue_bytes == 1 << 30
     assert cfg.queue_dir.endswith("langfuse-dq")
     assert not cfg.has_keys

@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from ..devserver import make_server
+from ..devserver import make_server, tune_gc
 
 
 @click.command("dev-server")
@@ -41,6 +41,7 @@ def dev_server(
 
     Point an app at it with LANGFUSE_BASE_URL=http://127.0.0.1:3000 (any keys work).
     """
+    tune_gc()
     server = make_server(port, store, host, faults=faults, quiet=quiet)
     bound = server.server_address[1]
     click.echo(f"langfuse-dq dev-server listening on http://{host}:{bound} (store: {store})")

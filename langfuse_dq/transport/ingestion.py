@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
+from ..fastjson import fast_encode
 
 INGESTION_PATH = "/api/public/ingestion"
 #: Requests stay below this (the server refuses bodies over 4,718,592 bytes).
 MAX_BATCH_BYTES = 3_500_000
 
 _ENC = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+_encode = fast_encode(_ENC)
 
 
 def wire_envelope(event: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def wire_envelope(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def envelope_text(event: dict[str, Any]) -> str:
-    return _ENC.encode(wire_envelope(event))
+    return _encode(wire_envelope(event))
 
 
 def request_body(envelope_texts: list[str]) -> bytes:
