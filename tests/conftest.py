@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,21 @@ def client_env(queue_dir: str, server: Server) -> dict[str, str]:
         LANGFUSE_DQ_IDLE_EXIT="3",
         **KEYS,
     )
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs, mounted for the test (root only) and unmounted afterwards."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()}); needs root")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)

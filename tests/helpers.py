@@ -17,11 +17,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from langfuse_dq import Langfuse
 from langfuse_dq.devserver import attribute_values, load_store
 from langfuse_dq.journal import list_segments
 
 PYTHON = sys.executable
 KEYS = {"LANGFUSE_PUBLIC_KEY": "pk-lf-test", "LANGFUSE_SECRET_KEY": "sk-lf-test-secret-0123456789"}
+
+
+def offline_client(queue_dir: str, **kwargs: Any) -> Langfuse:
+    """A client that only writes the queue: no flusher is spawned, nothing is sent."""
+    return Langfuse(
+        public_key="pk",
+        secret_key="sk",
+        host="http://127.0.0.1:9",
+        queue_dir=queue_dir,
+        autospawn=False,
+        **kwargs,
+    )
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -11,52 +11,29 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import KEYS, Server, clean_env, journal_events, journal_lines, run_python
+from helpers import (
+    KEYS,
+    Server,
+    clean_env,
+    journal_events,
+    journal_lines,
+    offline_client,
+    run_python,
+)
 from langfuse_dq import Langfuse
 
 
-def _client(queue_dir: str, **kw: object) -> Langfuse:
-    return Langfuse(
-        public_key="pk",
-        secret_key="sk",
-        host="http://127.0.0.1:9",
-        queue_dir=queue_dir,
-        autospawn=False,
-        **kw,
-    )
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs, mounted for the test and unmounted afterwards."""
-    point = tmp_path / "tiny"
-    point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()}); needs root")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
 def test_disk_full_counts_drops_stays_fast_damages_nothing_and_resumes(
-    tiny_fs: Path, caplog: pytest.LogCaptureFixture
+    small_mount: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue_dir = str(tiny_fs / "queue")
-    lf = _client(queue_dir)
-    filler = tiny_fs / "filler"
+    queue_dir = str(small_mount / "queue")
+    lf = offline_client(queue_dir)
+    filler = small_mount / "filler"
     payload = "p" * 2000
     with caplog.at_level(logging.WARNING, logger="langfuse_dq"):
         accepted = []
@@ -120,7 +97,7 @@ def test_a_file_size_limit_is_a_counted_drop_not_a_crash(queue_dir: str) -> None
 def test_a_queue_directory_deleted_under_a_running_writer_is_recreated_and_losses_counted(
     queue_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lf = _client(queue_dir)
+    lf = offline_client(queue_dir)
     lf.trace(name="first")
     with caplog.at_level(logging.WARNING, logger="langfuse_dq"):
         shutil.rmtree(queue_dir)
@@ -142,11 +119,11 @@ def test_a_queue_directory_deleted_under_a_running_writer_is_recreated_and_losse
 
 
 def test_a_full_disk_does_not_stop_the_flusher_from_delivering_what_is_queued(
-    tiny_fs: Path, tmp_path: Path
+    small_mount: Path, tmp_path: Path
 ) -> None:
     server = Server(tmp_path / "srv")
     try:
-        queue_dir = str(tiny_fs / "queue")
+        queue_dir = str(small_mount / "queue")
         lf = Langfuse(
             public_key=KEYS["LANGFUSE_PUBLIC_KEY"],
             secret_key=KEYS["LANGFUSE_SECRET_KEY"],
@@ -157,7 +134,7 @@ def test_a_full_disk_does_not_stop_the_flusher_from_delivering_what_is_queued(
         )
         for i in range(100):
             lf.trace(name=f"t{i}").span(name=f"s{i}").end()
-        with open(tiny_fs / "filler", "wb") as fh:
+        with open(small_mount / "filler", "wb") as fh:
             try:
                 while True:
                     fh.write(b"\0" * 65536)
@@ -167,7 +144,7 @@ def test_a_full_disk_does_not_stop_the_flusher_from_delivering_what_is_queued(
         # The flusher's bookkeeping lives in the same full directory; it must still deliver
         # once space is back, and nothing queued may be lost meanwhile.
         assert lf.flush(timeout=5) is False or len(server.spans()) == 200
-        (tiny_fs / "filler").unlink()
+        (small_mount / "filler").unlink()
         assert lf.flush(timeout=30) is True
         names = {s["name"] for s in server.spans()}
         assert {f"s{i}" for i in range(100)} <= names

@@ -10,22 +10,11 @@ import threading
 import pytest
 
 import helpers
-from helpers import KEYS, journal_events, journal_lines
-from langfuse_dq import Langfuse
-
-
-def _client(queue_dir: str) -> Langfuse:
-    return Langfuse(
-        public_key="pk",
-        secret_key="sk",
-        host="http://127.0.0.1:9",
-        queue_dir=queue_dir,
-        autospawn=False,
-    )
+from helpers import KEYS, journal_events, journal_lines, offline_client
 
 
 def test_client_created_before_os_fork_works_in_parent_and_child(queue_dir: str) -> None:
-    lf = _client(queue_dir)
+    lf = offline_client(queue_dir)
     lf.trace(name="parent-before")
     pid = os.fork()
     if pid == 0:  # child
@@ -55,7 +44,7 @@ def test_client_created_before_os_fork_works_in_parent_and_child(queue_dir: str)
 
 
 def test_fork_while_other_threads_append_leaves_no_torn_line(queue_dir: str) -> None:
-    lf = _client(queue_dir)
+    lf = offline_client(queue_dir)
     stop = threading.Event()
 
     def hammer() -> None:
@@ -89,8 +78,8 @@ def test_fork_while_other_threads_append_leaves_no_torn_line(queue_dir: str) -> 
 
 
 @pytest.mark.timeout(120)
-def test_multiprocessing_fork_pool_children_use_the_inherited_client(queue_dir: str) -> None:
-    helpers.FORK_CLIENT = _client(queue_dir)
+def test_multiprocessing_fork_pool_children_use_the_inheritedoffline_client(queue_dir: str) -> None:
+    helpers.FORK_CLIENT = offline_client(queue_dir)
     helpers.FORK_CLIENT.trace(name="parent")
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(4) as pool:
@@ -109,7 +98,7 @@ def test_multiprocessing_fork_pool_children_use_the_inherited_client(queue_dir: 
 
 
 @pytest.mark.timeout(120)
-def test_multiprocessing_spawn_pool_children_build_their_own_client(
+def test_multiprocessing_spawn_pool_children_build_their_ownoffline_client(
     queue_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in KEYS.items():

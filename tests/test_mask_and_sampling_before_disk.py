@@ -7,8 +7,7 @@ import os
 import re
 from typing import Any
 
-from helpers import journal_bytes, journal_events
-from langfuse_dq import Langfuse
+from helpers import journal_bytes, journal_events, offline_client
 
 SECRET_CARD = "4111-1111-1111-1111"
 
@@ -23,19 +22,8 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def _client(queue_dir: str, **kwargs: Any) -> Langfuse:
-    return Langfuse(
-        public_key="pk",
-        secret_key="sk",
-        host="http://127.0.0.1:9",
-        queue_dir=queue_dir,
-        autospawn=False,
-        **kwargs,
-    )
-
-
 def test_mask_runs_on_input_output_and_metadata_before_the_bytes_hit_disk(queue_dir: str) -> None:
-    lf = _client(queue_dir, mask=_redact)
+    lf = offline_client(queue_dir, mask=_redact)
     trace = lf.trace(
         name="pay", input={"card": SECRET_CARD}, metadata={"note": f"card {SECRET_CARD}"}
     )
@@ -58,7 +46,7 @@ def test_sample_rate_zero_writes_nothing_and_one_writes_everything(
     tmp_path: os.PathLike[str],
 ) -> None:
     none_dir = os.path.join(tmp_path, "none")
-    lf = _client(none_dir, sample_rate=0.0)
+    lf = offline_client(none_dir, sample_rate=0.0)
     for _ in range(50):
         t = lf.trace(name="t")
         t.span(name="s").end()
@@ -67,7 +55,7 @@ def test_sample_rate_zero_writes_nothing_and_one_writes_everything(
     assert journal_events(none_dir) == []
 
     all_dir = os.path.join(tmp_path, "all")
-    lf = _client(all_dir, sample_rate=1.0)
+    lf = offline_client(all_dir, sample_rate=1.0)
     for _ in range(50):
         lf.trace(name="t")
     lf.shutdown()
@@ -80,7 +68,7 @@ def test_sampling_is_deterministic_by_trace_id_and_keeps_whole_traces(
     dirs = [os.path.join(tmp_path, f"run{i}") for i in range(2)]
     trace_ids = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(2000)]
     for queue_dir in dirs:
-        lf = _client(queue_dir, sample_rate=0.3)
+        lf = offline_client(queue_dir, sample_rate=0.3)
         for tid in trace_ids:
             trace = lf.trace(id=tid, name="t")
             trace.span(name="s").end()
@@ -102,7 +90,7 @@ def test_sampling_is_deterministic_by_trace_id_and_keeps_whole_traces(
 
 def test_enabled_false_writes_nothing_and_creates_no_directory(tmp_path: os.PathLike[str]) -> None:
     queue_dir = os.path.join(tmp_path, "off")
-    lf = _client(queue_dir, enabled=False)
+    lf = offline_client(queue_dir, enabled=False)
     trace = lf.trace(name="t", input="x")
     trace.span(name="s").end()
     lf.score(trace_id=trace.id, name="q", value=1)

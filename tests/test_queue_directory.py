@@ -8,23 +8,11 @@ import os
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import journal_events
-from langfuse_dq import Langfuse
-
-
-def _client(queue_dir: str) -> Langfuse:
-    return Langfuse(
-        public_key="pk",
-        secret_key="sk",
-        host="http://127.0.0.1:9",
-        queue_dir=queue_dir,
-        autospawn=False,
-    )
+from helpers import journal_events, offline_client
 
 
 def _mode(path: str) -> int:
@@ -34,7 +22,7 @@ def _mode(path: str) -> int:
 def test_directories_are_0700_and_files_0600_even_with_a_permissive_umask(queue_dir: str) -> None:
     old = os.umask(0)
     try:
-        lf = _client(queue_dir)
+        lf = offline_client(queue_dir)
         lf.trace(name="t")
         lf.shutdown()
     finally:
@@ -53,7 +41,7 @@ def test_an_existing_directory_with_loose_permissions_is_tightened(tmp_path: Pat
     queue_dir = tmp_path / "loose"
     queue_dir.mkdir(mode=0o755)
     os.chmod(queue_dir, 0o755)
-    _client(str(queue_dir)).trace(name="t")
+    offline_client(str(queue_dir)).trace(name="t")
     assert _mode(str(queue_dir)) == 0o700
 
 
@@ -63,7 +51,7 @@ def test_a_file_in_place_of_the_directory_disables_recording_with_one_error(
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("oops")
     with caplog.at_level(logging.WARNING, logger="langfuse_dq"):
-        lf = _client(str(blocker))
+        lf = offline_client(str(blocker))
         started = time.perf_counter()
         for i in range(2000):
             lf.trace(name=f"t{i}").span(name="s").end()
@@ -87,35 +75,17 @@ def test_a_directory_owned_by_another_user_is_refused(
     planted.mkdir(mode=0o700)
     os.chown(planted, 65534, 65534)
     with caplog.at_level(logging.ERROR, logger="langfuse_dq"):
-        lf = _client(str(planted))
+        lf = offline_client(str(planted))
         lf.trace(name="secret data")
     assert any("owned by uid 65534" in r.getMessage() for r in caplog.records)
     assert list(planted.iterdir()) == []
-
-
-@pytest.fixture
-def small_mount(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs, mounted for the test (root only) and unmounted afterwards."""
-    point = tmp_path / "mnt"
-    point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()}); needs root")
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def test_read_only_filesystem_drops_with_one_error_then_recovers_when_writable(
     small_mount: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue_dir = str(small_mount / "queue")
-    lf = _client(queue_dir)
+    lf = offline_client(queue_dir)
     lf.trace(name="before")
     lf.shutdown()  # closes the segment, so the filesystem can be remounted read-only
     subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
