@@ -156,7 +156,11 @@ def _walk(value: Any, active: set[int], depth: int) -> Any:
         return _CYCLE
     active.add(marker)
     try:
-        return _walk(converted, active, depth + 1)
+        # A conversion to a container stays at this depth (the depth is the JSON nesting, as
+        # the encoder of ``dumps`` sees it); a chain of conversions to other objects counts,
+        # so that a hostile chain of fresh objects still ends.
+        nested = depth if isinstance(converted, (dict, list, tuple)) else depth + 1
+        return _walk(converted, active, nested)
     finally:
         active.discard(marker)
 

@@ -10,10 +10,10 @@ import json
 import uuid
 from typing import Any, Optional
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from langfuse_dq.serialize import dumps, to_jsonable, truncate_body
+from langfuse_dq.serialize import MAX_DEPTH, dumps, to_jsonable, truncate_body
 
 JSON_SCALARS = (
     st.none()
@@ -82,7 +82,28 @@ def _no_constants(name: str) -> None:
 def test_any_value_serializes_to_json_without_an_exception(value: Any) -> None:
     text = dumps(value)
     parsed = json.loads(text, parse_constant=_no_constants)  # strict JSON: no NaN/Infinity
+    # to_jsonable cuts nesting at MAX_DEPTH (deep Record chains reach it); dumps only falls
+    # back to it when the encoder fails, so the two agree below that depth.
+    assume(_nesting(parsed) < MAX_DEPTH)
     assert json.loads(dumps(to_jsonable(value))) == parsed
+
+
+def test_to_jsonable_cuts_deep_values_at_the_json_depth_dumps_would_have() -> None:
+    chain: Optional[Record] = None
+    for i in range(MAX_DEPTH - 1):  # each Record is one level of JSON nesting
+        chain = Record(f"r{i}", dt.datetime(2026, 1, 1), ["t"], chain)
+    assert json.loads(dumps(to_jsonable(chain))) == json.loads(dumps(chain))
+    deeper = Record("top", dt.datetime(2026, 1, 1), [], chain)
+    deeper = Record("top2", dt.datetime(2026, 1, 1), [], deeper)
+    assert "<max depth exceeded>" in dumps(to_jsonable(deeper))
+
+
+def _nesting(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_nesting(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_nesting(v) for v in value), default=0)
+    return 0
 
 
 @settings(max_examples=300, deadline=None)
