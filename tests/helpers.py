@@ -14,12 +14,14 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from langfuse_dq import Langfuse
 from langfuse_dq.devserver import attribute_values, load_store
 from langfuse_dq.journal import list_segments
+from langfuse_dq.proc import pid_alive
 
 PYTHON = sys.executable
 KEYS = {"LANGFUSE_PUBLIC_KEY": "pk-lf-test", "LANGFUSE_SECRET_KEY": "sk-lf-test-secret-0123456789"}
@@ -86,7 +88,7 @@ def stop_pid(pid: int, grace: float = 5.0) -> None:
             if done == pid:
                 return
         except ChildProcessError:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
         time.sleep(0.02)
     try:
@@ -99,21 +101,6 @@ def stop_pid(pid: int, grace: float = 5.0) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-        return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] != b"Z"
-    except OSError:
-        return True
-
-
 def flusher_pid(queue_dir: str) -> Optional[int]:
     """The pid of the flusher process of ``queue_dir``, if one is alive and holds the lock.
 
@@ -124,7 +111,7 @@ def flusher_pid(queue_dir: str) -> Optional[int]:
             pid = json.load(fh).get("pid")
     except (OSError, ValueError):
         return None
-    if not isinstance(pid, int) or pid == os.getpid() or not _alive(pid):
+    if not isinstance(pid, int) or pid == os.getpid() or not pid_alive(pid):
         return None
     from langfuse_dq.queuedir import QueueDir
     from langfuse_dq.spawn import lock_is_held
@@ -324,14 +311,13 @@ def marked_processes(name: str, value: str) -> list[int]:
                 environ = fh.read().split(b"\0")
         except OSError:
             continue
-        if needle in environ and _alive(int(entry)):
+        if needle in environ and pid_alive(int(entry)):
             found.append(int(entry))
     return found
 
 
-def zombie_children(pid: int) -> list[int]:
-    """Children of ``pid`` that exited and were not reaped."""
-    zombies = []
+def _process_table() -> Iterator[tuple[int, int, bytes]]:
+    """(pid, parent pid, state letter) of every process in /proc."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -340,10 +326,13 @@ def zombie_children(pid: int) -> list[int]:
                 data = fh.read()
         except OSError:
             continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] == b"Z":
-            zombies.append(int(entry))
-    return zombies
+        fields = data[data.rindex(b")") + 2 :].split()  # the name may hold spaces and ')'
+        yield int(entry), int(fields[1]), fields[0]
+
+
+def zombie_children(pid: int) -> list[int]:
+    """Children of ``pid`` that exited and were not reaped."""
+    return [child for child, parent, state in _process_table() if parent == pid and state == b"Z"]
 
 
 def spans_by_trace(server: Server) -> dict[str, list[dict[str, Any]]]:
@@ -377,15 +366,4 @@ def record_trace_with_default_client(i: int) -> int:
 
 def children_of(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (zombies included)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
-            found.append(int(entry))
-    return found
+    return [child for child, parent, _state in _process_table() if parent == pid]
